@@ -1,0 +1,80 @@
+"""The `treasure-jax` command: one subcommand per pipeline stage.
+
+Each subcommand parses its flags and calls one library function; heavy imports (JAX,
+TensorFlow) happen inside the handlers so `treasure-jax --help` and the pure-Python commands
+start instantly. Errors that are the user's (bad file, bad flag, bad marker) print one line
+naming the cause and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+class UserError(Exception):
+  """An error the user can fix; printed without a traceback."""
+
+
+def _markers_stats(args: argparse.Namespace) -> None:
+  from treasure_jax.markers import stats, taxonomy
+  tax = taxonomy.load(args.taxonomy) if args.taxonomy else taxonomy.default_taxonomy()
+  table = stats.table_for_file(args.file, tax, threshold=args.threshold,
+                               skip_invalid=args.skip_invalid)
+  if args.json:
+    print(json.dumps(table.to_dict(), indent=1, ensure_ascii=False))
+  else:
+    print(table.format())
+
+
+def _markers_taxonomy(args: argparse.Namespace) -> None:
+  from treasure_jax.markers import taxonomy
+  tax = taxonomy.load(args.taxonomy) if args.taxonomy else taxonomy.default_taxonomy()
+  print(tax.to_json())
+
+
+def _add_markers(sub) -> None:
+  p = sub.add_parser("markers", help="marker taxonomy and statistics")
+  msub = p.add_subparsers(dest="markers_command", required=True)
+  s = msub.add_parser("stats", help="frequency table and long-tail flags of an annotated JSONL")
+  s.add_argument("file", help="annotated JSONL (one object a line with a 'markers' dict)")
+  s.add_argument("--taxonomy", help="taxonomy JSON/YAML file (default: the paper's)")
+  s.add_argument("--threshold", type=float, default=0.05, help="long-tail share (default 0.05)")
+  s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+  s.add_argument("--skip-invalid", action="store_true", help="skip (and count) bad lines")
+  s.set_defaults(func=_markers_stats)
+  t = msub.add_parser("taxonomy", help="print a taxonomy (default or --taxonomy) as JSON")
+  t.add_argument("--taxonomy", help="taxonomy JSON/YAML file to validate and print")
+  t.set_defaults(func=_markers_taxonomy)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="treasure-jax",
+      description="Train language models with training-time markers (JAX/Flax).")
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+  _add_markers(sub)
+  return parser
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+  from treasure_jax.markers import stats, taxonomy
+  return (UserError, taxonomy.MarkerError, stats.JsonlError, FileNotFoundError,
+          IsADirectoryError, PermissionError)
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  try:
+    args.func(args)
+  except _user_error_types() as e:
+    print(f"treasure-jax {args.command}: error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print(f"treasure-jax {args.command}: interrupted", file=sys.stderr)
+    return 130
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
