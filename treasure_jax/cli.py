@@ -48,19 +48,48 @@ def _add_markers(sub) -> None:
   t.set_defaults(func=_markers_taxonomy)
 
 
+def _annotate(args: argparse.Namespace) -> None:
+  from treasure_jax.annotate import pipeline
+  summary = pipeline.run(args.input, args.output, taxonomy=args.taxonomy, config=args.config,
+                         skip_invalid=args.skip_invalid, progress=not args.no_progress)
+  print(summary.format())
+
+
+def _add_annotate(sub) -> None:
+  p = sub.add_parser("annotate", help="raw instruction JSONL in, marker-annotated JSONL out")
+  p.add_argument("input", help="JSONL: {prompt, response, ...} or {messages: [...]} a line")
+  p.add_argument("output", help="annotated JSONL (written atomically; a cache beside it)")
+  p.add_argument("--taxonomy", help="taxonomy JSON/YAML file (default: the paper's)")
+  p.add_argument("--config", help="annotation config (metadata rules, llm, quality), JSON/YAML")
+  p.add_argument("--skip-invalid", action="store_true",
+                 help="skip bad lines and list them in OUTPUT.rejects.jsonl instead of failing")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.set_defaults(func=_annotate)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="treasure-jax",
       description="Train language models with training-time markers (JAX/Flax).")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   _add_markers(sub)
+  _add_annotate(sub)
   return parser
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
   from treasure_jax.markers import stats, taxonomy
-  return (UserError, taxonomy.MarkerError, stats.JsonlError, FileNotFoundError,
-          IsADirectoryError, PermissionError)
+  types = [UserError, taxonomy.MarkerError, stats.JsonlError, FileNotFoundError,
+           IsADirectoryError, PermissionError]
+  # Each stage's own "your input is wrong" errors; imported lazily, only if already loaded.
+  for module, names in [("treasure_jax.annotate.records", ["RecordError"]),
+                        ("treasure_jax.annotate.metadata", ["MetadataError"]),
+                        ("treasure_jax.annotate.llm", ["LlmError"]),
+                        ("treasure_jax.annotate.quality", ["QualityError"]),
+                        ("treasure_jax.annotate.cache", ["CacheError"])]:
+    mod = sys.modules.get(module)
+    types += [getattr(mod, n) for n in names if mod is not None and hasattr(mod, n)]
+  return tuple(types)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,6 +69,7 @@ class LlmConfig:
     for key in ("url", "model"):
       if not isinstance(d.get(key), str) or not d[key]:
         raise ValueError(f"{where}.{key}: required, a non-empty string")
+    check_url(d["url"], f"{where}.url")
     kw = dict(d)
     if "categories" in kw:
       kw["categories"] = tuple(kw["categories"])
@@ -104,7 +105,7 @@ def read_api_key(env_name: str | None) -> str | None:
     return None
   key = os.environ.get(env_name)
   if not key:
-    raise LlmError(f"llm.api_key_env: environment variable {env_name} is not set or empty")
+    raise LlmError(f"api_key_env: environment variable {env_name} is not set or empty")
   return key
 
 
@@ -119,10 +120,22 @@ def _retry_after(err: urllib.error.HTTPError) -> float | None:
     return None
 
 
-def _attempt(url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Any:
+def _attempt(url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> bytes:
   request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
   with urllib.request.urlopen(request, timeout=timeout_s) as response:
-    return json.loads(response.read().decode("utf-8"))
+    return response.read()
+
+
+def _error_body(err: urllib.error.HTTPError) -> str:
+  try:
+    return err.read().decode("utf-8", "replace")[:200]
+  except (OSError, http.client.HTTPException):
+    return "(no body)"
+
+
+def check_url(url: Any, where: str) -> None:
+  if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+    raise ValueError(f"{where}: {url!r} is not an http:// or https:// URL")
 
 
 def post_json(url: str, payload: Any, *, headers: Mapping[str, str], timeout_s: float,
@@ -135,9 +148,9 @@ def post_json(url: str, payload: Any, *, headers: Mapping[str, str], timeout_s: 
   for attempt in range(max_retries + 1):
     wait = None
     try:
-      return _attempt(url, body, headers, timeout_s)
+      raw = _attempt(url, body, headers, timeout_s)
     except urllib.error.HTTPError as e:
-      detail = redact(e.read().decode("utf-8", "replace")[:200], secret)
+      detail = redact(_error_body(e), secret)
       last = f"HTTP {e.code}: {detail}"
       if e.code in _ITEM_STATUSES:
         raise ItemError(f"POST {url}: {last}") from None
@@ -147,8 +160,11 @@ def post_json(url: str, payload: Any, *, headers: Mapping[str, str], timeout_s: 
     except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError,
             http.client.HTTPException) as e:
       last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-    except (ValueError, UnicodeDecodeError) as e:
-      last = f"reply is not JSON: {e}"
+    else:
+      try:
+        return json.loads(raw.decode("utf-8"))
+      except ValueError as e:  # Also UnicodeDecodeError. A proxy's error page, say: retry.
+        last = f"reply is not JSON: {redact(str(e), secret)[:200]}"
     if attempt < max_retries:
       delay = min(max_backoff_s, backoff_s * 2**attempt) * (0.5 + random.random() / 2)
       delay = min(max_backoff_s, max(delay, wait or 0.0))

@@ -52,7 +52,8 @@ FEW_SHOT: dict[str, dict[str, str]] = {
         "Rewrite": "Rewrite this email to sound more polite: 'Send me the report now.'",
         "Reasoning": ("A train leaves at 3 pm at 60 km/h; a second leaves the same station at "
                       "4 pm at 90 km/h. When does the second catch up?"),
-        "CodeGeneration": "Write a JavaScript function that checks whether a string is a palindrome.",
+        "CodeGeneration": ("Write a JavaScript function that checks whether a string is a "
+                           "palindrome."),
         "CodeFix": ("This Python code raises IndexError, fix it:\n"
                     "for i in range(len(xs) + 1):\n  print(xs[i])"),
         "CodeTranslation": "Convert this Python to Go:\ndef add(a, b):\n  return a + b",
@@ -65,7 +66,8 @@ FEW_SHOT: dict[str, dict[str, str]] = {
         "XML": "Give me an XML document describing a book with title, author and year.",
         "JSON": "Return the three largest EU countries by area as a JSON array of objects.",
         "Enumeration": "List five tips for better sleep.",
-        "Tabular": "Compare Python, Java and C++ in a table by speed, typing and memory management.",
+        "Tabular": ("Compare Python, Java and C++ in a table by speed, typing and memory "
+                    "management."),
         "Markdown": "Write a README with headings for installation, usage and license.",
         "Latex": "Write the quadratic formula in LaTeX.",
     },

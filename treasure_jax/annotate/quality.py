@@ -33,6 +33,8 @@ class QualityError(RuntimeError):
 class QualityConfig:
   """The `quality` config section."""
   kind: str = "none"
+  # Names the reward model in provenance ("reward:NAME") and cache keys; default: url/callable.
+  name: str | None = None
   url: str | None = None
   callable: str | None = None
   api_key_env: str | None = None
@@ -51,8 +53,10 @@ class QualityConfig:
     cfg = cls(**d)
     if cfg.kind not in KINDS:
       raise ValueError(f"{where}.kind: {cfg.kind!r} is not one of {', '.join(KINDS)}")
-    if cfg.kind == "http" and not cfg.url:
-      raise ValueError(f"{where}.url: required when kind is 'http'")
+    if cfg.kind == "http":
+      if not cfg.url:
+        raise ValueError(f"{where}.url: required when kind is 'http'")
+      llm.check_url(cfg.url, f"{where}.url")
     if cfg.kind == "python" and (not cfg.callable or cfg.callable.count(":") != 1):
       raise ValueError(f"{where}.callable: required when kind is 'python', as 'module:function'")
     if not isinstance(cfg.concurrency, int) or cfg.concurrency < 1:
@@ -67,7 +71,9 @@ class Scorer:
     if cfg.kind not in ("http", "python"):
       raise QualityError(f"quality.kind {cfg.kind!r} has no scorer")
     self.cfg = cfg
-    self.name = cfg.url if cfg.kind == "http" else cfg.callable
+    # Provenance names the model, not its address (which changes when a server moves).
+    self.name = cfg.name or (cfg.callable if cfg.kind == "python" else "http")
+    self._cache_id = cfg.name or cfg.callable or cfg.url
     self.concurrency = cfg.concurrency
     self._fn: Callable[[str, str], Any] | None = None
     self.__key = None
@@ -86,7 +92,7 @@ class Scorer:
   def cache_key(self, prompt: str, response: str) -> str:
     blob = json.dumps([prompt, response], ensure_ascii=False)
     digest = hashlib.sha256(blob.encode("utf-8")).hexdigest()
-    return f"quality|{self.cfg.kind}:{self.name}|{digest}"
+    return f"quality|{self._cache_id}|{digest}"
 
   def score(self, prompt: str, response: str) -> float:
     if self._fn is not None:

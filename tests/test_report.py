@@ -1,0 +1,123 @@
+"""Report rendering: the tables, the paper's figures, n/a reasons and valid PNGs."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+from matplotlib import image as mpimg
+
+from treasure_jax.eval import metrics
+from treasure_jax.eval import report
+from treasure_jax.markers import stats
+from treasure_jax.markers import taxonomy
+
+TAX = taxonomy.default_taxonomy()
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _words(n: int) -> str:
+  return " ".join(["w"] * n)
+
+
+def _records(setting: str, quality: float) -> list[dict]:
+  """Four examples; `quality` in [0, 1] moves every metric the same way."""
+  out = []
+  for i, domain in enumerate(["Medical", "Medical", "Legal", "Finance"]):
+    right = i < round(4 * quality)
+    given = {"length_tokens": 10} if setting == "fixed" else {}
+    out.append({
+        "id": i, "prompt": f"p{i}", "markers_given": given,
+        "length_target": {"length_tokens": 10},
+        "reference_markers": {"domain": domain, "lang": "English"},
+        "markers_generated": {"domain": domain if right else "Code", "lang": "English"},
+        "logprob_of_chosen": {"domain": math.log(0.8), "lang": math.log(0.99)},
+        "response": _words(8 if right else 14),
+        "nll_sum": 2.0 * (2 - quality), "n_tokens": 2,
+        "scores": {"judge_win": 1.0 if right else 0.0, "reward_win": 0.5}})
+  return out
+
+
+def _cells() -> list[dict]:
+  freq = stats.frequency_table([{"markers": {"domain": "Medical"}}] * 24
+                               + [{"markers": {"domain": "Legal"}}], TAX)
+  count = lambda text: len(text.split())  # noqa: E731
+  cells = []
+  for ckpt, base in (("baseline", 0.25), ("markers", 0.5)):
+    for k, setting in enumerate(("none", "nl_instruction", "inferred", "fixed")):
+      records = _records(setting, min(1.0, base + 0.25 * (k // 2)))
+      cells.append({"name": f"{ckpt}-{setting}", "checkpoint": ckpt, "task": "alpaca_li",
+                    "setting": setting,
+                    "metrics": metrics.cell_metrics(records, tax=TAX, freq=freq,
+                                                    count_words=count)})
+  code = [{"id": i, "scores": {"pass": i % 2 == 0}} for i in range(4)]
+  cells.append({"name": "markers-codefix", "checkpoint": "markers", "task": "CodeFix",
+                "setting": "fixed", "metrics": metrics.cell_metrics(code, tax=TAX)})
+  return cells
+
+
+def test_report_tables_figures_and_pngs(tmp_path):
+  path = report.write(_cells(), str(tmp_path))
+  text = open(path, encoding="utf-8").read()
+  for heading in ("## Marker inference accuracy by category", "## Length violations by mode",
+                  "## Judge win rate by mode", "## Reward-model win rate by mode",
+                  "## Code pass@1 by task", "## Head vs tail",
+                  "## Calibration of inferred markers", "## Reference-response NLL per token"):
+    assert heading in text
+  # Marker accuracy table: paper's categories first; baseline-none inferred 1 of 4 domains.
+  assert "| cell | domain | task | format | lang | macro |" not in text  # Only measured ones.
+  assert "| cell | domain | lang | macro |" in text
+  assert "| baseline-none | 25.0% | 100.0% | 62.5% |" in text
+  # Length pivot: settings as columns in mode order; 1 of 4 responses within 10 words.
+  assert "|  | none | nl_instruction | inferred | fixed |" in text
+  assert "| baseline / alpaca_li | 75.0% | 75.0% | 50.0% | 50.0% |" in text
+  # Only the CodeFix cell measured pass@1; the others are listed as n/a with the reason.
+  assert "|  | CodeFix |\n|---|---|\n| markers / fixed | 0.500 |\n" in text
+  # The paper's figures sit under the matching tables.
+  for figure in ("Paper (marker inference accuracy at p_d = 0.5): domain 74.9%",
+                 "length_tokens fixed 1.25%", "with markers 37.8%", "quality_bucket = 1 56.5%",
+                 "CodeFix (CodeRepair) 0.216 → 0.246", "+9.1 points"):
+    assert figure in text
+  # Missing metrics are n/a, with the reason.
+  assert ("n/a (no record has a reference marker that the prompt did not give): "
+          "markers-codefix") in text
+  assert "n/a (not measured): baseline-none, baseline-nl_instruction," in text
+  assert "| markers / CodeFix |" not in text
+  # Head vs tail: Legal (1 of 25 training examples, 4%) and the unseen Finance are tail.
+  assert "| baseline-none | domain | 2 / 2 | Legal, Finance | 50.0% / 0.0% |" in text
+  for name in ("marker_accuracy", "reliability", "length_violations", "length_error",
+               "judge_win", "reward_win", "pass_at_1", "nll_per_token", "head_tail"):
+    png = tmp_path / f"{name}.png"
+    assert png.read_bytes()[:8] == PNG_SIGNATURE, name
+    height, width = mpimg.imread(str(png)).shape[:2]
+    assert height > 100 and width > 100
+    assert f"![{name}.png]({name}.png)" in text
+  cells = json.loads((tmp_path / "cells.json").read_text())
+  assert len(cells) == 9
+
+
+def test_report_with_nothing_measured(tmp_path):
+  cell = {"name": "empty", "checkpoint": "c", "task": "t", "setting": "inferred",
+          "metrics": metrics.cell_metrics([{"id": 1}], tax=TAX)}
+  path = report.write([cell], str(tmp_path), paper_figures={"length": None})
+  text = open(path, encoding="utf-8").read()
+  assert "n/a for every cell (reasons below)." in text
+  assert "AlpacaEval-LI" not in text  # The hidden figure.
+  assert "n/a (no training frequency table given): empty" in text
+  assert not any(p.endswith(".png") for p in os.listdir(tmp_path))
+  # The CLI path: the same cell from JSONL gives the same report as `write`.
+  cells_path = tmp_path / "cells.jsonl"
+  cells_path.write_text(json.dumps(cell) + "\n")
+  direct = report.write([cell], str(tmp_path / "direct"))
+  again = report.write_from_files(str(cells_path), str(tmp_path / "again"))
+  assert open(again, encoding="utf-8").read() == open(direct, encoding="utf-8").read()
+  assert "AlpacaEval-LI" in open(again, encoding="utf-8").read()
+
+
+def test_report_rejects_bad_cells(tmp_path):
+  with pytest.raises(ValueError, match="report cell 0: setting"):
+    report.write([{"name": "x", "checkpoint": "c", "task": "t", "metrics": {}}], str(tmp_path))
+  with pytest.raises(ValueError, match="duplicate name 'x'"):
+    cell = {"name": "x", "checkpoint": "c", "task": "t", "setting": "s", "metrics": {}}
+    report.write([cell, cell], str(tmp_path))
