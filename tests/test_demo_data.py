@@ -1,0 +1,138 @@
+"""The demo data set built from the installed chatterbot corpus: counts, split, rejects, tail."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+
+import pytest
+import yaml
+
+from treasure_jax.annotate import chatterbot
+from treasure_jax.annotate import demo_data
+from treasure_jax.annotate import records
+from treasure_jax.markers import taxonomy
+
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def read_jsonl(path) -> list[dict]:
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  out = tmp_path_factory.mktemp("demo")
+  summary = demo_data.build(out, seed=0, val_fraction=0.1, humaneval=False)
+  return out, summary, read_jsonl(out / "train.jsonl"), read_jsonl(out / "validation.jsonl")
+
+
+def corpus_entry_count() -> int:
+  """Entries of every `conversations` list, counted straight from the YAML files."""
+  root, total = chatterbot.default_dir(), 0
+  for folder in os.listdir(root):
+    for name in os.listdir(os.path.join(root, folder)):
+      with open(os.path.join(root, folder, name), encoding="utf-8") as f:
+        total += len(yaml.load(f, Loader=LOADER)["conversations"])
+  return total
+
+
+def test_counts_add_up(built):
+  out, summary, train, val = built
+  assert summary["examples"] == len(train) + len(val) > 6000
+  assert summary["train"] == len(train) and summary["validation"] == len(val)
+  assert (summary["examples"] + summary["rejects"] + summary["duplicates_dropped"]
+          == corpus_entry_count())
+  assert summary["corpus_languages"] == 28 and len(summary["lang"]) == 27  # Two Chinese folders.
+  assert summary["topics"] >= 40 and summary["unmapped_topics"] == []
+  assert summary["chat_examples"] == sum("messages" in r for r in train + val) > 1000
+  assert summary["duplicates_by_file"]["english/tech_support.yml"] > 1000
+  assert 0.1 <= summary["validation_share"] < 0.15  # At least one group per stratum.
+  assert summary["lang_detection_agreement"] > 0.9
+  assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_malformed_entries_are_reported(built):
+  out, summary, _, _ = built
+  rejects = read_jsonl(out / "rejects.jsonl")
+  assert len(rejects) == summary["rejects"] >= 8
+  found = {(r["file"], r["index"]) for r in rejects}
+  assert ("english/trivia.yml", 13) in found  # A question written as a plain string.
+  assert {("ukrainian/gossip.yml", i) for i in range(4, 8)} <= found
+  assert all(r["reason"] for r in rejects)
+
+
+def test_records_are_valid_and_carry_markers(built):
+  out, _, train, val = built
+  tax = taxonomy.load(out / "taxonomy.json")
+  assert tax == demo_data.demo_taxonomy()
+  assert {"Thai", "Odia", "Hinglish", "Swedish"} <= set(tax.category("lang").values)
+  ids = [r["id"] for r in train + val]
+  assert len(ids) == len(set(ids))
+  for rec in train + val:
+    view = records.normalize(rec, where=rec["id"])
+    assert tax.problems(rec["markers"]) == []
+    assert rec["markers"]["source"] == "Human"
+    assert rec["markers"]["length_tokens"] >= 1 and rec["markers"]["length_bucket"] == "concise"
+    assert rec["markers"]["lang"] == chatterbot.LANGUAGES[rec["meta"]["corpus_language"]]
+    assert rec["markers"]["domain"] == chatterbot.TOPIC_DOMAINS[rec["meta"]["topic"]]
+    assert list(rec["markers"]) == [n for n, _ in tax.ordered(rec["markers"])]
+    if view.is_chat:
+      assert len(view.messages) % 2 == 0 and len(view.messages) >= 2
+  coding = [r for r in train + val if r["meta"]["topic"] == "coding"]
+  assert sum(r["markers"].get("code_type") == "python" for r in coding) > 20
+
+
+def test_long_tail_present_in_both_splits(built):
+  _, summary, _, _ = built
+  tail = [v for v, info in summary["domain"].items() if info["share"] < 0.05]
+  assert len(tail) >= 3 and set(tail) == set(summary["tail_values"]["domain"])
+  assert {"Medical", "Code"} <= set(tail)
+  assert set(summary["validation_values"]["domain"]) == set(summary["domain"])
+  assert set(summary["validation_values"]["lang"]) == set(summary["lang"])
+
+
+def test_split_is_deterministic_grouped_and_seeded(built):
+  _, _, train, val = built
+  recs = train + val
+  shuffled = list(recs)
+  random.Random(1).shuffle(shuffled)
+  again_train, again_val = demo_data.split(shuffled, seed=0, val_fraction=0.1)
+  assert [r["id"] for r in again_val] == [r["id"] for r in val]
+  assert [r["id"] for r in again_train] == [r["id"] for r in train]
+  _, other_val = demo_data.split(recs, seed=1, val_fraction=0.1)
+  assert {r["id"] for r in other_val} != {r["id"] for r in val}
+
+  def keys(rs):
+    return {(r["markers"]["domain"], r["markers"]["lang"], demo_data._first_utterance(r))
+            for r in rs}
+  assert not keys(train) & keys(val)  # No prompt in both splits within a stratum.
+
+
+def test_yaml_errors_and_bad_entries_in_a_small_corpus(tmp_path):
+  corpus = tmp_path / "corpus"
+  for name in ("thai/greeting.yml", "hebrew/greetings.yml"):
+    (corpus / os.path.dirname(name)).mkdir(parents=True, exist_ok=True)
+    shutil.copy(os.path.join(chatterbot.default_dir(), name), corpus / name)
+  (corpus / "english").mkdir()
+  (corpus / "english" / "broken.yml").write_text("conversations:\n- - a\n  - 'b\n")
+  (corpus / "english" / "flat.yml").write_text("categories: [x]\nconversations: hello\n")
+  (corpus / "english" / "health.yml").write_text(
+      "conversations:\n- - Are you ill?\n  - No, I am fine.\n- Just a string\n- - alone\n"
+      "- - 'Q'\n  - 42\n- - Are you ill?\n  - No, I am fine.\n")
+  summary = demo_data.build(tmp_path / "out", corpus_dir=corpus, humaneval=False)
+  rejects = read_jsonl(tmp_path / "out" / "rejects.jsonl")
+  reasons = {(r["file"], r["index"]): r["reason"] for r in rejects}
+  assert reasons[("english/broken.yml", None)].startswith("not valid YAML")
+  assert reasons[("english/flat.yml", None)] == "no 'conversations' list at the top level"
+  assert "not a list" in reasons[("english/health.yml", 1)]
+  assert "at least 2" in reasons[("english/health.yml", 2)]
+  assert "utterance 1 is a int" in reasons[("english/health.yml", 3)]
+  assert summary["rejects"] == 5 and summary["duplicates_dropped"] == 1
+  assert summary["domain"]["Medical"]["count"] == 1
+  thai = [r for r in read_jsonl(tmp_path / "out" / "train.jsonl")
+          + read_jsonl(tmp_path / "out" / "validation.jsonl") if r["markers"]["lang"] == "Thai"]
+  assert len(thai) == 6 and sum("messages" in r for r in thai) == 3
+  assert sum(r["meta"]["dropped_last_turn"] for r in thai) == 2  # 5 utterances -> 4 messages.
