@@ -87,6 +87,23 @@ def _add_data(sub) -> None:
   b.set_defaults(func=_data_build_demo)
 
 
+def _convert(args: argparse.Namespace) -> None:
+  from treasure_jax.model import convert
+  src = args.src or convert.smollm2_gguf_path()
+  convert.convert(src, args.to, args.src_format)
+  print(f"wrote a Hugging Face directory to {args.to}")
+
+
+def _add_convert(sub) -> None:
+  p = sub.add_parser("convert", help="convert an HF directory or GGUF file to an HF directory")
+  p.add_argument("--from", dest="src_format", choices=("hf", "gguf"), required=True,
+                 help="format of SRC")
+  p.add_argument("src", nargs="?", default=None,
+                 help="source HF directory or .gguf file (default: the bundled SmolLM2 GGUF)")
+  p.add_argument("--to", required=True, help="output directory (must be absent or empty)")
+  p.set_defaults(func=_convert)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="treasure-jax",
@@ -95,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
   _add_markers(sub)
   _add_annotate(sub)
   _add_data(sub)
+  _add_convert(sub)
   return parser
 
 
