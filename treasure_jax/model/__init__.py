@@ -1,0 +1,1 @@
+"""The Flax NNX decoder-only transformer, its sharding rules and Hugging Face import/export."""
