@@ -164,9 +164,11 @@ def hf_config(metadata: Mapping[str, Any], tensor_names: tuple[str, ...],
       "num_attention_heads": heads,
       "num_key_value_heads": key("attention.head_count_kv", heads),
       "head_dim": head_dim,
-      "rms_norm_eps": key("attention.layer_norm_rms_epsilon"),
+      # GGUF stores float32; its shortest decimal (1e-05, not 9.99999974e-06) is what the
+      # original config.json said, so configs compare equal to the file's own model.
+      "rms_norm_eps": _shortest_float32(key("attention.layer_norm_rms_epsilon")),
       # llama.cpp's default when a file states no base frequency.
-      "rope_theta": key("rope.freq_base", 10000.0),
+      "rope_theta": _shortest_float32(key("rope.freq_base", 10000.0)),
       "max_position_embeddings": key("context_length"),
       "vocab_size": key("vocab_size", len(tokens) if tokens is not None else _REQUIRED),
       # llama.cpp writes `output.weight` only when it differs from the embedding.
@@ -178,6 +180,10 @@ def hf_config(metadata: Mapping[str, Any], tensor_names: tuple[str, ...],
       config[hf_key] = metadata[f"tokenizer.ggml.{field}"]
   config.update(_ARCH_CONFIG[arch](metadata, tensor_names, config, source))
   return config
+
+
+def _shortest_float32(value: float) -> float:
+  return float(str(np.float32(value)))
 
 
 def _llama_config(metadata, tensor_names, config, source) -> dict[str, Any]:
