@@ -1,0 +1,184 @@
+"""Benchmark: one optimizer step of our JAX trainer vs a PyTorch `transformers` peer, as JSON.
+
+  python benchmarks/train_step.py [--steps 3] [--smollm2_batch 4 --smollm2_seq_len 256]
+
+For configs/tiny.py's and configs/smollm2_135m.py's model: tokens/s, step time, MFU and peak
+memory of `train.step.train_step` (jit, donated state, AdamW with clipping, the loss over all
+tokens), then of a `transformers` LlamaForCausalLM step with the same architecture, batch,
+sequence length, precision recipe (float32 parameters; bfloat16 autocast where the config
+computes in bfloat16) and torch.optim.AdamW + clip_grad_norm_. Both start from random weights:
+speed does not depend on them. Each measurement runs in its own process so peak memory is its
+own (peak RSS on CPU, the allocator's peak on a GPU). The peak FLOP/s is the best of a measured
+JAX and PyTorch matmul in the compute dtype on this machine (`train.mfu`), or the data sheet on
+a GPU/TPU. One JSON object per line; the last holds `speedup_vs_peer` (JAX tokens/s over
+PyTorch's) and `mfu` for the SmolLM2-135M config. Batches default small enough for a CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = {"tiny": "configs/tiny.py", "smollm2_135m": "configs/smollm2_135m.py"}
+
+
+def _model_config(name: str):
+  from treasure_jax.model import config as model_config  # Children import their own stacks.
+  import ml_collections  # noqa: F401  (config files need it)
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("_cfg", os.path.join(ROOT, CONFIGS[name]))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  section = module.get_config().model.to_dict()
+  return model_config.from_dict(section)
+
+
+def _peak_memory() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB.
+
+
+def _jax_step(name: str, batch: int, seq_len: int, steps: int) -> dict:
+  import functools
+  import jax
+  import numpy as np
+  from treasure_jax.model import sharding, transformer
+  from treasure_jax.train import mfu, optim, state as state_lib, step as step_lib
+  cfg = _model_config(name)
+  mesh = sharding.make_mesh(sharding.MeshConfig(shape=(1, 1, 1)), jax.devices()[:1])
+  plan = sharding.Plan.create(mesh, "fsdp")
+  model = transformer.create(cfg, seed=0, mesh=mesh)
+  graphdef, params = state_lib.split_model(model)
+  opt_cfg = optim.OptimConfig(schedule="constant", warmup_steps=0, peak_lr=1e-4)
+  tx = optim.make(opt_cfg, 1000)
+  shardings = state_lib.shardings(state_lib.abstract(params, tx), mesh, plan.rules)
+  train_state = state_lib.create(params, tx, 0, shardings)
+  del model, params
+  fn = jax.jit(functools.partial(step_lib.train_step, graphdef=graphdef, optimizer=tx,
+                                 lr_schedule=optim.schedule(opt_cfg, 1000), plan=plan),
+               donate_argnums=0)
+  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq_len + 1), np.int32)
+  ones = np.ones((batch, seq_len), np.float32)
+  data = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_weights": ones,
+          "marker_weights": 0 * ones, "response_weights": ones,
+          "segment_ids": ones.astype(np.int32),
+          "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch, seq_len))}
+  start = time.perf_counter()
+  train_state, m = fn(train_state, data)
+  jax.block_until_ready(m)
+  compile_s = time.perf_counter() - start
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    train_state, m = fn(train_state, data)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - start)
+  stats = jax.devices()[0].memory_stats() or {}
+  flops = mfu.flops_per_token(cfg, seq_len)
+  return {"step_time_s": float(np.median(times)), "compile_s": compile_s,
+          "peak_memory_bytes": stats.get("peak_bytes_in_use", _peak_memory()),
+          "memory_kind": "device peak" if stats else "process peak RSS",
+          "flops_per_token": flops.per_token, "flop_formula": flops.formula,
+          "loss": float(m["loss"]), "device": str(jax.devices()[0].device_kind),
+          "dtype": cfg.dtype, "jax_matmul_peak": mfu.measure_matmul_peak(cfg.dtype)}
+
+
+def _torch_step(name: str, batch: int, seq_len: int, steps: int) -> dict:
+  import numpy as np
+  import torch
+  import transformers
+  from treasure_jax.model import hf_config
+  cfg = _model_config(name)
+  torch.manual_seed(0)
+  hf = {**hf_config.config_to_hf(cfg), "torch_dtype": "float32", "attn_implementation": "sdpa"}
+  model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf))
+  model.train()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01)
+  tokens = torch.from_numpy(np.random.default_rng(0).integers(
+      0, cfg.vocab_size, (batch, seq_len), np.int64))
+  autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
+
+  def one_step() -> float:
+    with autocast:
+      loss = model(input_ids=tokens, labels=tokens).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss)
+
+  start = time.perf_counter()
+  one_step()
+  warmup_s = time.perf_counter() - start
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    loss = one_step()
+    times.append(time.perf_counter() - start)
+  dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+  a = torch.ones((1024, 1024), dtype=dtype)
+  best = min(_timed(lambda: a @ a) for _ in range(20))
+  return {"step_time_s": float(np.median(times)), "compile_s": warmup_s,
+          "peak_memory_bytes": _peak_memory(), "memory_kind": "process peak RSS",
+          "loss": loss, "torch_threads": torch.get_num_threads(),
+          "torch_matmul_peak": 2 * 1024 ** 3 / best, "dtype": cfg.dtype}
+
+
+def _timed(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def _child(queue, fn_name, *args):
+  try:
+    queue.put(globals()[fn_name](*args))
+  except Exception as e:  # Reported in the JSON, not lost in a child's stderr.
+    queue.put({"error": f"{type(e).__name__}: {e}"})
+
+
+def _isolated(fn_name: str, *args) -> dict:
+  ctx = multiprocessing.get_context("spawn")
+  queue = ctx.Queue()
+  proc = ctx.Process(target=_child, args=(queue, fn_name, *args))
+  proc.start()
+  result = queue.get()
+  proc.join()
+  return result
+
+
+def main(argv: list[str]) -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
+  p.add_argument("--tiny_batch", type=int, default=8)
+  p.add_argument("--tiny_seq_len", type=int, default=128)
+  p.add_argument("--smollm2_batch", type=int, default=4)
+  p.add_argument("--smollm2_seq_len", type=int, default=256)
+  args = p.parse_args(argv)
+  sys.path.insert(0, ROOT)
+  summary = {}
+  for name, batch, seq_len in (("tiny", args.tiny_batch, args.tiny_seq_len),
+                               ("smollm2_135m", args.smollm2_batch, args.smollm2_seq_len)):
+    jax_result = _isolated("_jax_step", name, batch, seq_len, args.steps)
+    torch_result = _isolated("_torch_step", name, batch, seq_len, args.steps)
+    peak = max(jax_result.get("jax_matmul_peak", 0), torch_result.get("torch_matmul_peak", 0))
+    tokens = batch * seq_len
+    for framework, result in (("jax", jax_result), ("torch", torch_result)):
+      if "step_time_s" in result:
+        result["tokens_per_s"] = tokens / result["step_time_s"]
+        result["mfu"] = result["tokens_per_s"] * jax_result["flops_per_token"] / peak
+      print(json.dumps({"config": name, "framework": framework, "batch": batch,
+                        "seq_len": seq_len, "peak_flops": peak, **result}), flush=True)
+    summary[name] = (jax_result, torch_result)
+  jax_result, torch_result = summary["smollm2_135m"]
+  print(json.dumps({"config": "smollm2_135m",
+                    "speedup_vs_peer": jax_result["tokens_per_s"] / torch_result["tokens_per_s"],
+                    "mfu": jax_result["mfu"], "peer": "transformers LlamaForCausalLM + AdamW"}))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,222 @@
+"""Checkpoints of a run (orbax CheckpointManager) and loading one for inference.
+
+A checkpoint at step s holds the state after s updates, as items: `params` and `opt_state`
+(flat "a.b.c" → array dicts, restored straight into their shardings), `train` (step, RNG key),
+and JSON items `data` (the data iterator's position), `config` (the resolved run config),
+`taxonomy` and `meta` (model config, tokenizer and chat template: what decoding needs). Saves
+are asynchronous; orbax writes to a temporary directory and renames it when complete, so a run
+killed mid-save leaves no half step. A step that cannot be read (corrupt or incomplete files) is
+moved to `checkpoints_corrupt/` with a warning and the previous step is restored instead; a step
+whose parameters do not match the model is an error saying what differs, never a fallback.
+Deliberately left to others: when to save (`loop`), the model import (`model.hf`, `model.gguf`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from typing import Any, NamedTuple
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from treasure_jax.markers import taxonomy as taxonomy_lib
+from treasure_jax.model import config as model_config
+from treasure_jax.model import hf
+from treasure_jax.model import sharding as sharding_lib
+from treasure_jax.model import transformer
+from treasure_jax.train import state as state_lib
+
+SUBDIR = "checkpoints"
+CORRUPT_SUBDIR = "checkpoints_corrupt"
+_ARRAY_ITEMS = ("params", "opt_state", "train")
+_JSON_ITEMS = ("data", "config", "taxonomy", "meta")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """Save every `every_steps` steps (0: only final and preemption saves); keep the last `keep`."""
+  every_steps: int = 100
+  keep: int = 3
+  async_save: bool = True
+
+  def __post_init__(self):
+    if self.every_steps < 0:
+      raise ValueError(f"checkpoint.every_steps={self.every_steps} must be >= 0")
+    if self.keep < 1:
+      raise ValueError(f"checkpoint.keep={self.keep} must be >= 1")
+
+
+class StructureError(ValueError):
+  """A checkpoint's parameters do not match the model being restored (not a corrupt file)."""
+
+
+def make_manager(workdir: str, cfg: CheckpointConfig) -> ocp.CheckpointManager:
+  handlers = {name: ocp.StandardCheckpointHandler() for name in _ARRAY_ITEMS}
+  handlers.update({name: ocp.JsonCheckpointHandler() for name in _JSON_ITEMS})
+  options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, save_interval_steps=1,
+                                         enable_async_checkpointing=cfg.async_save)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), SUBDIR), options=options,
+                               item_handlers=handlers)
+
+
+def save(manager: ocp.CheckpointManager, train_state: state_lib.TrainState, *,
+         data_state: Any, config: dict[str, Any], taxonomy: dict[str, Any],
+         meta: dict[str, Any], force: bool = False) -> bool:
+  """Starts saving `train_state` at its step (async unless disabled); every process calls it."""
+  step = int(jax.device_get(train_state.step))
+  args = ocp.args.Composite(
+      params=ocp.args.StandardSave(state_lib.flatten(train_state.params)),
+      opt_state=ocp.args.StandardSave(state_lib.flatten(train_state.opt_state)),
+      train=ocp.args.StandardSave({"step": train_state.step, "rng": train_state.rng}),
+      data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config),
+      taxonomy=ocp.args.JsonSave(taxonomy), meta=ocp.args.JsonSave(meta))
+  return manager.save(step, args=args, force=force)
+
+
+def _restore_args(target: state_lib.TrainState) -> ocp.args.Composite:
+  return ocp.args.Composite(
+      params=ocp.args.StandardRestore(state_lib.flatten(target.params)),
+      opt_state=ocp.args.StandardRestore(state_lib.flatten(target.opt_state)),
+      train=ocp.args.StandardRestore({"step": target.step, "rng": target.rng}),
+      data=ocp.args.JsonRestore())
+
+
+def check_structure(manager: ocp.CheckpointManager, step: int, target: Any,
+                    item: str = "params") -> None:
+  """Raises StructureError naming missing/unexpected/mis-shaped arrays of `item` at `step`."""
+  found = manager.item_metadata(step)[item]
+  if found is None:
+    raise OSError(f"checkpoint step {step}: no readable metadata for item {item!r}")
+  found = dict(getattr(found, "tree", found))
+  diff = state_lib.describe_diff(target, found)
+  if diff != "no differences":
+    raise StructureError(f"checkpoint {manager.directory}/{step} {item} do not match the model: "
+                         f"{diff}")
+
+
+def restore(manager: ocp.CheckpointManager, step: int, target: state_lib.TrainState
+            ) -> tuple[state_lib.TrainState, Any]:
+  """(state, data_state) of `step`; `target` holds ShapeDtypeStructs with shardings."""
+  check_structure(manager, step, target.params)
+  check_structure(manager, step, target.opt_state, "opt_state")
+  restored = manager.restore(step, args=_restore_args(target))
+  state = state_lib.TrainState(
+      step=restored["train"]["step"], rng=restored["train"]["rng"],
+      params=state_lib.unflatten(target.params, restored["params"]),
+      opt_state=state_lib.unflatten(target.opt_state, restored["opt_state"]))
+  return state, restored["data"]
+
+
+def restore_latest(manager: ocp.CheckpointManager, target: state_lib.TrainState
+                   ) -> tuple[state_lib.TrainState, Any] | None:
+  """The newest readable checkpoint, falling back past corrupt ones; None if there is none."""
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return restore(manager, step, target)
+    except StructureError:
+      raise
+    except Exception as e:  # Orbax/tensorstore raise many types for unreadable files.
+      logging.warning("checkpoint step %d in %s is incomplete or corrupt (%s: %s); moving it to "
+                      "%s and falling back to the previous one", step, manager.directory,
+                      type(e).__name__, str(e)[:300], CORRUPT_SUBDIR)
+      _quarantine(manager, step)
+  return None
+
+
+def _quarantine(manager: ocp.CheckpointManager, step: int) -> None:
+  """Moves a bad step aside (so a later save of that step can succeed) on process 0."""
+  src = os.path.join(str(manager.directory), str(step))
+  if jax.process_index() == 0 and os.path.exists(src):
+    dst_dir = os.path.join(os.path.dirname(str(manager.directory)), CORRUPT_SUBDIR)
+    os.makedirs(dst_dir, exist_ok=True)
+    dst = os.path.join(dst_dir, str(step))
+    if os.path.exists(dst):
+      shutil.rmtree(dst)
+    shutil.move(src, dst)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
+  manager.reload()
+
+
+class Loaded(NamedTuple):
+  """What decoding needs: `info` has "tokenizer" (vocab kind and path), "chat_template", "step"."""
+  model_config: model_config.ModelConfig
+  model: transformer.Transformer
+  taxonomy: taxonomy_lib.Taxonomy
+  info: dict[str, Any]
+
+
+def _checkpoint_dir(path: str) -> tuple[str, int | None] | None:
+  """(directory of steps, step or None for the latest) of a workdir, its checkpoints/ or one
+  step; None when `path` is none of these."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, SUBDIR)):
+    return os.path.join(path, SUBDIR), None
+  if os.path.basename(path).isdigit() and os.path.isdir(os.path.join(path, "params")):
+    return os.path.dirname(path), int(os.path.basename(path))
+  steps = [n for n in os.listdir(path) if n.isdigit()] if os.path.isdir(path) else []
+  if any(os.path.isdir(os.path.join(path, n, "params")) for n in steps):
+    return path, None
+  return None
+
+
+def load_for_inference(path: str, *, mesh: jax.sharding.Mesh | None = None,
+                       rules: str = "fsdp") -> Loaded:
+  """A training checkpoint (workdir, its checkpoints/ or one step dir) or an HF model directory.
+
+  Parameters land on `mesh` under `rules`, or on the first device without a mesh.
+  """
+  found = _checkpoint_dir(path)
+  if found is None:
+    if not os.path.isfile(os.path.join(path, "config.json")):
+      raise FileNotFoundError(f"{path}: neither a training checkpoint (no checkpoints/ or step "
+                              f"directories) nor a Hugging Face directory (no config.json)")
+    cfg, model = hf.load_dir(path, mesh=mesh, rules=rules)
+    info = {"source": "hf", "step": None, "tokenizer": {"kind": "hf", "path": path},
+            "chat_template": "model"}
+    return Loaded(cfg, model, taxonomy_lib.default_taxonomy(), info)
+  directory, step = found
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                  item_handlers={"params": ocp.StandardCheckpointHandler(),
+                                                 **{n: ocp.JsonCheckpointHandler()
+                                                    for n in ("meta", "taxonomy")}})
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"{directory}: no complete checkpoint step")
+  small = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore(),
+                                                        taxonomy=ocp.args.JsonRestore()))
+  meta = small["meta"]
+  cfg = model_config.from_dict(meta["model_config"])
+  model = _restore_params(manager, step, cfg, mesh, rules)
+  info = {"source": "checkpoint", "step": step, **{k: v for k, v in meta.items()
+                                                   if k != "model_config"}}
+  return Loaded(cfg, model, taxonomy_lib.from_dict(small["taxonomy"]), info)
+
+
+def _restore_params(manager: ocp.CheckpointManager, step: int, cfg: model_config.ModelConfig,
+                    mesh: jax.sharding.Mesh | None, rules: str) -> transformer.Transformer:
+  plan = None if mesh is None else sharding_lib.Plan.create(mesh, rules)
+  graphdef, abstract_params = state_lib.split_model(transformer.abstract_model(cfg, plan))
+  if plan is None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: device, abstract_params)
+  else:
+    shardings = sharding_lib.state_shardings(abstract_params, plan.mesh, plan.rules)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract_params, shardings)
+  check_structure(manager, step, target)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(state_lib.flatten(target))))
+  params = state_lib.unflatten(target, restored["params"])
+  return nnx.merge(graphdef, params)
+
+
+def read_json_item(step_dir: str, item: str) -> Any:
+  """A JSON item of one step directory, read without orbax (for reports and tests)."""
+  with open(os.path.join(step_dir, item, "metadata"), encoding="utf-8") as f:
+    return json.load(f)
