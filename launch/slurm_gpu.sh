@@ -15,6 +15,6 @@ config=$1 workdir=$2; shift 2
 # shellcheck disable=SC1091
 source "${VENV:-.venv}/bin/activate"
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
-cmd=(srun --kill-on-bad-exit=1 --label treasure-jax train --config "$config" --workdir "$workdir" --distributed auto "$@")
+cmd=(srun --kill-on-bad-exit=1 --label treasure-jax train --config "$config" --workdir "$workdir" "$@")
 echo "+ ${cmd[*]}" >&2
 exec "${cmd[@]}"

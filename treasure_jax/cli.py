@@ -104,6 +104,72 @@ def _add_convert(sub) -> None:
   p.set_defaults(func=_convert)
 
 
+def _train(args: argparse.Namespace) -> None:
+  from treasure_jax import config_loader
+  from treasure_jax.train import loop
+  overrides = list(args.overrides)
+  # Explicit multi-host flags are shorthands for the config's `distributed` section.
+  for flag, key in (("coordinator", "coordinator_address"), ("num_processes", "num_processes"),
+                    ("process_id", "process_id")):
+    if getattr(args, flag) is not None:
+      overrides.append(f"--config.distributed.{key}={getattr(args, flag)}")
+  final = loop.train(config_loader.load(args.config, overrides), args.workdir)
+  print(json.dumps(final, default=float))
+
+
+def _add_train(sub) -> None:
+  p = sub.add_parser("train", help="fine-tune a model (configs/X.py[:variant])")
+  p.add_argument("--config", required=True, help="configs/X.py or configs/X.py:variant")
+  p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, TensorBoard")
+  p.add_argument("--coordinator", help="multi-host: HOST:PORT of process 0")
+  p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+  p.add_argument("--process-id", type=int, help="multi-host: this process's index")
+  p.set_defaults(func=_train)
+
+
+def _generate(args: argparse.Namespace) -> None:
+  from treasure_jax.decode import runner
+  mesh = tuple(int(x) for x in args.mesh.split(",")) if args.mesh else None
+  results = runner.generate_cli(
+      args.checkpoint, prompts=args.prompt, input_path=args.input, output_path=args.output,
+      markers=args.marker, mode=args.mode, force_prefix=args.force_prefix,
+      max_new_tokens=args.max_new_tokens, raw=args.raw, sampler=args.sampler,
+      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+      stop=args.stop, batch_size=args.batch_size, logprobs=args.logprobs,
+      chat_template=args.chat_template, taxonomy_path=args.taxonomy, mesh_shape=mesh)
+  if not args.output:
+    for r in results:
+      print(runner.format_result(r, args.json))
+
+
+def _add_generate(sub) -> None:
+  p = sub.add_parser("generate", help="generate with inferred, fixed or constrained markers")
+  p.add_argument("--checkpoint", required=True, help="training workdir/checkpoint or HF dir")
+  p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+  p.add_argument("--input", help="JSONL of {prompt, markers?, mode?, id?}")
+  p.add_argument("--output", help="write results as JSONL here")
+  p.add_argument("--marker", action="append", default=[], help="CAT=VALUE (repeatable)")
+  p.add_argument("--mode", choices=("inferred", "fixed", "constrained", "none"))
+  p.add_argument("--force-prefix", action="store_true",
+                 help="the completion's marker list starts with the fixed markers")
+  p.add_argument("--max-new-tokens", type=int, default=256)
+  p.add_argument("--raw", action="store_true", help="do not wrap in the chat template")
+  p.add_argument("--json", action="store_true", help="one JSON object per prompt")
+  p.add_argument("--sampler", default="greedy", choices=("greedy", "temperature", "top_k",
+                                                         "top_p"))
+  p.add_argument("--temperature", type=float, default=1.0)
+  p.add_argument("--top-k", type=int, default=0)
+  p.add_argument("--top-p", type=float, default=1.0)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+  p.add_argument("--batch-size", type=int, default=16)
+  p.add_argument("--logprobs", action="store_true", help="per-token log-probabilities")
+  p.add_argument("--chat-template", help="built-in template name (chatml, llama3, gemma)")
+  p.add_argument("--taxonomy", help="taxonomy file (default: the checkpoint's)")
+  p.add_argument("--mesh", help="D,F,T mesh shape (default: all devices on fsdp)")
+  p.set_defaults(func=_generate)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="treasure-jax",
@@ -113,12 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
   _add_annotate(sub)
   _add_data(sub)
   _add_convert(sub)
+  _add_train(sub)
+  _add_generate(sub)
   return parser
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
   from treasure_jax.markers import stats, taxonomy
-  types = [UserError, taxonomy.MarkerError, stats.JsonlError, FileNotFoundError,
+  # ValueError: configs, JSONL inputs and flags raise it with the key, file or line named.
+  types = [UserError, taxonomy.MarkerError, stats.JsonlError, FileNotFoundError, ValueError,
            IsADirectoryError, PermissionError]
   # Each stage's own "your input is wrong" errors; imported lazily, only if already loaded.
   for module, names in [("treasure_jax.annotate.records", ["RecordError"]),
@@ -132,7 +201,13 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  # `--config.a.b=v` overrides are collected for `train`; anything else unknown is an error.
+  args, unknown = parser.parse_known_args(argv)
+  overrides = [u for u in unknown if u.startswith("--config.")]
+  if len(overrides) != len(unknown) or (overrides and args.command != "train"):
+    parser.error(f"unrecognized arguments: {' '.join(u for u in unknown if u not in overrides or args.command != 'train')}")
+  args.overrides = overrides
   try:
     args.func(args)
   except _user_error_types() as e:
