@@ -8,10 +8,12 @@ tokens), then of a `transformers` LlamaForCausalLM step with the same architectu
 sequence length, precision recipe (float32 parameters; bfloat16 autocast where the config
 computes in bfloat16) and torch.optim.AdamW + clip_grad_norm_. Both start from random weights:
 speed does not depend on them. Each measurement runs in its own process so peak memory is its
-own (peak RSS on CPU, the allocator's peak on a GPU). The peak FLOP/s is the best of a measured
-JAX and PyTorch matmul in the compute dtype on this machine (`train.mfu`), or the data sheet on
-a GPU/TPU. One JSON object per line; the last holds `speedup_vs_peer` (JAX tokens/s over
-PyTorch's) and `mfu` for the SmolLM2-135M config. Batches default small enough for a CPU.
+own (peak RSS on CPU, the allocator's peak on a GPU). The peak FLOP/s is the best of a JAX and
+a PyTorch 1024x1024 matmul measured in the compute dtype on this machine; `mfu_vs_jax_matmul`
+divides by JAX's own instead (on CPU, XLA does not use the AMX units PyTorch's oneDNN uses for
+bfloat16). FLOPs per token: `train.mfu.flops_per_token`. One JSON object per line; the last
+holds `speedup_vs_peer` (JAX tokens/s over PyTorch's) and `mfu` for the SmolLM2-135M config.
+Batches default small enough for a CPU; --dtype float32 runs both frameworks in float32.
 """
 from __future__ import annotations
 
@@ -27,28 +29,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"tiny": "configs/tiny.py", "smollm2_135m": "configs/smollm2_135m.py"}
 
 
-def _model_config(name: str):
+def _model_config(name: str, dtype: str):
   from treasure_jax.model import config as model_config  # Children import their own stacks.
   import ml_collections  # noqa: F401  (config files need it)
   import importlib.util
   spec = importlib.util.spec_from_file_location("_cfg", os.path.join(ROOT, CONFIGS[name]))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  section = module.get_config().model.to_dict()
-  return model_config.from_dict(section)
+  cfg = model_config.from_dict(module.get_config().model.to_dict())
+  return cfg if dtype == "config" else cfg.replace(dtype=dtype)
 
 
 def _peak_memory() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB.
 
 
-def _jax_step(name: str, batch: int, seq_len: int, steps: int) -> dict:
+def _jax_step(name: str, dtype: str, batch: int, seq_len: int, steps: int) -> dict:
   import functools
   import jax
   import numpy as np
   from treasure_jax.model import sharding, transformer
   from treasure_jax.train import mfu, optim, state as state_lib, step as step_lib
-  cfg = _model_config(name)
+  cfg = _model_config(name, dtype)
   mesh = sharding.make_mesh(sharding.MeshConfig(shape=(1, 1, 1)), jax.devices()[:1])
   plan = sharding.Plan.create(mesh, "fsdp")
   model = transformer.create(cfg, seed=0, mesh=mesh)
@@ -87,20 +89,21 @@ def _jax_step(name: str, batch: int, seq_len: int, steps: int) -> dict:
           "dtype": cfg.dtype, "jax_matmul_peak": mfu.measure_matmul_peak(cfg.dtype)}
 
 
-def _torch_step(name: str, batch: int, seq_len: int, steps: int) -> dict:
+def _torch_step(name: str, dtype: str, batch: int, seq_len: int, steps: int) -> dict:
   import numpy as np
   import torch
   import transformers
   from treasure_jax.model import hf_config
-  cfg = _model_config(name)
+  cfg = _model_config(name, dtype)
   torch.manual_seed(0)
   hf = {**hf_config.config_to_hf(cfg), "torch_dtype": "float32", "attn_implementation": "sdpa"}
-  model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf))
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf)).to(device)
   model.train()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01)
   tokens = torch.from_numpy(np.random.default_rng(0).integers(
-      0, cfg.vocab_size, (batch, seq_len), np.int64))
-  autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
+      0, cfg.vocab_size, (batch, seq_len), np.int64)).to(device)
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
 
   def one_step() -> float:
     with autocast:
@@ -109,7 +112,7 @@ def _torch_step(name: str, batch: int, seq_len: int, steps: int) -> dict:
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(loss)
+    return float(loss.detach())
 
   start = time.perf_counter()
   one_step()
@@ -120,10 +123,13 @@ def _torch_step(name: str, batch: int, seq_len: int, steps: int) -> dict:
     loss = one_step()
     times.append(time.perf_counter() - start)
   dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
-  a = torch.ones((1024, 1024), dtype=dtype)
-  best = min(_timed(lambda: a @ a) for _ in range(20))
+  a = torch.ones((1024, 1024), dtype=dtype, device=device)
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+  best = min(_timed(lambda: (a @ a, sync())) for _ in range(20))
+  gpu = device == "cuda"
   return {"step_time_s": float(np.median(times)), "compile_s": warmup_s,
-          "peak_memory_bytes": _peak_memory(), "memory_kind": "process peak RSS",
+          "peak_memory_bytes": torch.cuda.max_memory_allocated() if gpu else _peak_memory(),
+          "memory_kind": "device peak" if gpu else "process peak RSS",
           "loss": loss, "torch_threads": torch.get_num_threads(),
           "torch_matmul_peak": 2 * 1024 ** 3 / best, "dtype": cfg.dtype}
 
@@ -154,6 +160,8 @@ def _isolated(fn_name: str, *args) -> dict:
 def main(argv: list[str]) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
+  p.add_argument("--dtype", default="config", choices=("config", "float32", "bfloat16"),
+                 help="compute dtype of both frameworks (default: each config's)")
   p.add_argument("--tiny_batch", type=int, default=8)
   p.add_argument("--tiny_seq_len", type=int, default=128)
   p.add_argument("--smollm2_batch", type=int, default=4)
@@ -163,21 +171,26 @@ def main(argv: list[str]) -> None:
   summary = {}
   for name, batch, seq_len in (("tiny", args.tiny_batch, args.tiny_seq_len),
                                ("smollm2_135m", args.smollm2_batch, args.smollm2_seq_len)):
-    jax_result = _isolated("_jax_step", name, batch, seq_len, args.steps)
-    torch_result = _isolated("_torch_step", name, batch, seq_len, args.steps)
+    jax_result = _isolated("_jax_step", name, args.dtype, batch, seq_len, args.steps)
+    torch_result = _isolated("_torch_step", name, args.dtype, batch, seq_len, args.steps)
     peak = max(jax_result.get("jax_matmul_peak", 0), torch_result.get("torch_matmul_peak", 0))
     tokens = batch * seq_len
     for framework, result in (("jax", jax_result), ("torch", torch_result)):
       if "step_time_s" in result:
         result["tokens_per_s"] = tokens / result["step_time_s"]
-        result["mfu"] = result["tokens_per_s"] * jax_result["flops_per_token"] / peak
+        achieved = result["tokens_per_s"] * jax_result["flops_per_token"]
+        result["mfu"] = achieved / peak
+        # Against XLA's own matmul (on CPU, XLA does not use the AMX units oneDNN uses).
+        result["mfu_vs_jax_matmul"] = achieved / jax_result["jax_matmul_peak"]
       print(json.dumps({"config": name, "framework": framework, "batch": batch,
                         "seq_len": seq_len, "peak_flops": peak, **result}), flush=True)
-    summary[name] = (jax_result, torch_result)
-  jax_result, torch_result = summary["smollm2_135m"]
+    summary[name] = (jax_result, torch_result, peak)
+  jax_result, torch_result, summary_peak = summary["smollm2_135m"]
   print(json.dumps({"config": "smollm2_135m",
                     "speedup_vs_peer": jax_result["tokens_per_s"] / torch_result["tokens_per_s"],
-                    "mfu": jax_result["mfu"], "peer": "transformers LlamaForCausalLM + AdamW"}))
+                    "mfu": jax_result["mfu"], "peak_flops": summary_peak,
+                    "dtype": jax_result["dtype"],
+                    "peer": "transformers LlamaForCausalLM + AdamW"}))
 
 
 if __name__ == "__main__":

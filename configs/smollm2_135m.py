@@ -7,7 +7,8 @@ Command:
   --config.data.taxonomy=/path/taxonomy.json, files as `treasure-jax annotate` writes them.)
 Hardware: one GPU or TPU host (batch 32 x 512 tokens per step, bfloat16 matmuls). On the 2-core
   CPU one such step takes minutes; a smoke run there: --config.batch_size=8
-  --config.data.seq_len=128 --config.num_train_steps=3 --config.eval_every_steps=0.
+  --config.data.seq_len=128 --config.num_train_steps=3 --config.optim.warmup_steps=1
+  --config.eval_every_steps=0.
 Produces: in the workdir, metrics.jsonl (loss, marker/response loss, marker-token accuracy, lr,
   grad norm, tokens/s, MFU per 10 steps), validation loss overall and per marker slice (head and
   long-tail values) every 200 steps, TensorBoard events, config.json, taxonomy.json and

@@ -218,3 +218,23 @@ def test_config_from_dict():
     config.DataConfig(train_files=("a",), template="vicuna")
   with pytest.raises(ValueError, match="set `task` or"):
     config.DataConfig()
+
+
+@pytest.mark.slow
+def test_process_exits_with_an_open_iterator(tmp_path, records):
+  """An iterator left open (mid-epoch, prefetching) must not hang interpreter shutdown."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  testing.write_jsonl(records, str(tmp_path / "t.jsonl"))
+  script = (
+      "import seqio\n"
+      "from treasure_jax.data import config, iterator, testing\n"
+      f"cfg = config.DataConfig(name='exit', train_files=({str(tmp_path / 't.jsonl')!r},), "
+      "seq_len=256, on_overflow='truncate')\n"
+      "it = iterator.make_train_iterator(cfg, vocab=testing.small_bpe_vocabulary(), "
+      "global_batch_size=2, shard_info=seqio.ShardInfo(0, 1))\n"
+      "next(it)\nprint('done')\n")
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=300, check=True)
+  assert "done" in out.stdout

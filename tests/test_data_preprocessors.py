@@ -107,6 +107,23 @@ def test_registered_task_with_seqio_test_utils(bpe):
   assert tasks.counters(names["markers"]).snapshot()["records"] >= 1
 
 
+def test_fixed_marker_eval_task(bpe):
+  name = tasks.register_fixed_task(
+      "unit", sources.records_source({"validation": [R0]}), vocabulary=bpe,
+      fixed_markers={"length_tokens": None, "quality_bucket": 1})
+  assert name == "unit_chatml_fixed_length_tokens_quality_bucket:1.0.0"
+  got = seqio.test_utils.test_preprocessing_single(
+      name, {"validation": {"record": json.dumps(R0), "origin": "v:1"}})
+  prompt_ids = got["targets"][:int(np.argmax(got["marker_weights"]))].tolist()
+  text = bpe.tokenizer.decode(prompt_ids, skip_special_tokens=False)
+  assert text.endswith("What is 2 + 2? <MARKER_LIST> <quality_bucket> 1 </quality_bucket> "
+                       "<length_tokens> 1 </length_tokens> </MARKER_LIST><|im_end|>\n"
+                       "<|im_start|>assistant\n")
+  with pytest.raises(taxonomy.MarkerError, match="quality_bucket"):
+    tasks.register_fixed_task("unit", sources.records_source({"validation": [R0]}),
+                              vocabulary=bpe, fixed_markers={"quality_bucket": 9})
+
+
 @pytest.mark.parametrize("name", ["chatml", "model", "gemma", "llama3"])
 @pytest.mark.parametrize("variant", ["markers", "baseline"])
 def test_loss_weights_cover_exactly_the_completion(tmp_path_factory, name, variant):

@@ -83,8 +83,9 @@ def test_decode(smollm2, texts):
     assert smollm2.decode(smollm2.encode(t)) == t
   ids = smollm2.encode("hello") + [smollm2.eos_id] + smollm2.encode(" world")
   assert smollm2.decode(ids) == "hello"  # seqio semantics: through the first EOS.
-  out = smollm2.decode_tf(tf.constant([ids, ids])).numpy().tolist()
-  assert out == [b"hello", b"hello"]
+  short = ids[:1] + [smollm2.eos_id] + [0] * (len(ids) - 2)  # Padded with id 0 after EOS.
+  out = smollm2.decode_tf(tf.constant([ids, short])).numpy()
+  assert out.tolist() == [b"hello", smollm2.decode(ids[:1]).encode()]
 
 
 def test_encode_with_offsets(smollm2, texts):

@@ -5,6 +5,7 @@ others interrupt, corrupt or break a run and compare against it. Runs share a pe
 compilation cache so only the first one compiles. The demo data is built once into
 $TREASURE_JAX_DEMO_DIR (default ~/.cache/treasure_jax/demo), as configs/tiny.py does.
 """
+import json
 import os
 import re
 import shutil
@@ -90,8 +91,11 @@ def test_golden_first_step_metrics(reference):
 
 def test_outputs_a_user_expects(reference):
   workdir, _ = reference
-  for name in ("config.json", "taxonomy.json", "metrics.jsonl"):
+  for name in ("config.json", "config_resolved.json", "taxonomy.json", "metrics.jsonl"):
     assert os.path.isfile(os.path.join(workdir, name)), name
+  with open(os.path.join(workdir, "config_resolved.json")) as f:
+    resolved = json.load(f)
+  assert resolved["model"]["embed_dim"] == 64 and resolved["optim"]["b2"] == 0.95
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
                 if s.isdigit()) == [2, 4]

@@ -111,6 +111,15 @@ class RowPacker:
     self._reset()
     return batch
 
+  def empty(self) -> dict[str, np.ndarray]:
+    """An all-padding batch (zero weights) with `build`'s keys, for hosts that ran out."""
+    batch = {k: np.zeros_like(v) for k, v in self._batch.items()}
+    if self.marker_categories is not None:
+      batch["example_ids"] = np.full([self.batch_size], "", object)
+      batch.update({f"markers/{c}": np.full([self.batch_size], "", object)
+                    for c in self.marker_categories})
+    return batch
+
   def _row_metadata(self) -> dict[str, np.ndarray]:
     ids = np.full([self.batch_size], "", object)
     meta = {f"markers/{c}": np.full([self.batch_size], "", object)

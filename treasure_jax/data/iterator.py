@@ -20,10 +20,12 @@ Turning per-host batches into global jax.Arrays is `train`'s job (via
 """
 from __future__ import annotations
 
+import atexit
 import collections
 import hashlib
 import math
 import struct
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -35,10 +37,18 @@ import tensorflow as tf
 from treasure_jax.data import config as config_lib
 from treasure_jax.data import features
 from treasure_jax.data import mixtures
-from treasure_jax.data import preprocessors
 from treasure_jax.data import tasks as tasks_lib
 
 STATE_VERSION = 1
+# Open streams, closed at interpreter exit: a tf.data iterator still running Python functions
+# (numpy_function) during interpreter shutdown can deadlock the process on exit.
+_OPEN_STREAMS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_streams() -> None:
+  for stream in list(_OPEN_STREAMS):
+    stream.close()
 
 
 def _hash_uniform(*parts: Any) -> float:
@@ -72,6 +82,7 @@ class TaskStream:
     self._yielded_this_epoch = self._exhausted = False
     counts = tasks_lib.counters(task.name, missing_ok=True)
     self.counters = counts.scoped(split) if counts is not None else None
+    _OPEN_STREAMS.add(self)
 
   def _dataset(self) -> tf.data.Dataset:
     source, shard = self.task.source, self.shard_info
@@ -239,7 +250,7 @@ class BatchIterator:
     if self._packer.num_examples:
       return self._packer.build()
     if self._num_batches is not None:  # Validation: hosts must agree on the batch count.
-      return empty_batch(self._packer)
+      return self._packer.empty()
     raise StopIteration
 
   def get_state(self) -> dict[str, Any]:
@@ -265,18 +276,14 @@ class BatchIterator:
     return {s.task.name: s.counters.snapshot() for s in self._stream.streams if s.counters}
 
   def close(self) -> None:
+    """Stops reading (also done at interpreter exit); the next batch re-opens the stream."""
     self._stream.close()
 
+  def __enter__(self) -> BatchIterator:
+    return self
 
-def empty_batch(packer: features.RowPacker) -> dict[str, np.ndarray]:
-  """An all-padding batch (zero weights) with the packer's keys."""
-  b, t = packer.batch_size, packer.seq_len
-  batch = {k: np.zeros([b, t], np.float32 if "weights" in k else np.int32)
-           for k in features.BATCH_KEYS}
-  if packer.marker_categories is not None:
-    batch["example_ids"] = np.full([b], "", object)
-    batch.update({f"markers/{c}": np.full([b], "", object) for c in packer.marker_categories})
-  return batch
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
 
 
 def _local_batch_size(global_batch_size: int, shard_info: seqio.ShardInfo) -> int:

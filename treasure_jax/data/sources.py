@@ -4,11 +4,11 @@
   local or `gs://`; `origin` is "path:line" so a bad record is named exactly.
 - `TfdsDataSource`: an existing TFDS dataset through a field mapping onto the record format
   (`{"prompt": "question", "response": "answer", "markers/domain": "topic"}`); `origin` is
-  "tfds:name/split#n" (n counts within the host's shard) or the mapped id.
+  "tfds:name/split#n" (n counts within the host's shard).
 - `records_source`: in-memory records (tests, small evaluation sets).
 
-Every source emits the same two string features, so one `preprocessors.parse_records` validates
-them all. Sharding across hosts and per-epoch order are `iterator`'s job.
+Every source emits the same two string features, so one `preprocessors.chat_preprocessor`
+parses and validates them all. Sharding across hosts and per-epoch order are `iterator`'s job.
 """
 from __future__ import annotations
 
@@ -19,9 +19,6 @@ from typing import Any
 import numpy as np
 import seqio
 import tensorflow as tf
-
-RECORD_SPEC = {"record": tf.string, "origin": tf.string}
-
 
 class JsonlDataSource(seqio.FileDataSource):
   """JSONL files (one record per non-blank line); blank lines are ignored."""

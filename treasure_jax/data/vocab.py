@@ -119,14 +119,22 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
     return flat, lengths
 
   def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
-    """int [..., L] -> string [...] (pads are id 0 after seqio's EOS cut; they stay tokens)."""
+    """int [..., L] -> string [...], each row through its first EOS.
+
+    seqio overwrites what follows the EOS with id 0, a real token in most BPE vocabularies,
+    so rows are cut at the EOS again here.
+    """
     ids = tf.convert_to_tensor(ids)
     batch_shape = tf.shape(ids)[:-1]
     flat = tf.reshape(ids, [-1, tf.shape(ids)[-1]])
     text = tf.numpy_function(
-        lambda x: np.asarray([self._decode(row).encode("utf-8") for row in x], object),
-        [flat], tf.string, stateful=False)
+        lambda x: np.asarray([self._decode(self._through_eos(row)).encode("utf-8")
+                              for row in x], object), [flat], tf.string, stateful=False)
     return tf.reshape(text, batch_shape)
+
+  def _through_eos(self, ids: np.ndarray) -> np.ndarray:
+    hits = np.flatnonzero(ids == self._eos_id) if self._eos_id is not None else []
+    return ids[:hits[0] + 1] if len(hits) else ids
 
   def __getstate__(self) -> dict[str, Any]:
     return {"json": self._json, "special_tokens": self.special_tokens,

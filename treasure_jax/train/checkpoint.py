@@ -55,9 +55,14 @@ class StructureError(ValueError):
   """A checkpoint's parameters do not match the model being restored (not a corrupt file)."""
 
 
-def make_manager(workdir: str, cfg: CheckpointConfig) -> ocp.CheckpointManager:
+def _handlers() -> dict[str, ocp.CheckpointHandler]:
   handlers = {name: ocp.StandardCheckpointHandler() for name in _ARRAY_ITEMS}
   handlers.update({name: ocp.JsonCheckpointHandler() for name in _JSON_ITEMS})
+  return handlers
+
+
+def make_manager(workdir: str, cfg: CheckpointConfig) -> ocp.CheckpointManager:
+  handlers = _handlers()
   options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, save_interval_steps=1,
                                          enable_async_checkpointing=cfg.async_save)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), SUBDIR), options=options,
@@ -181,10 +186,8 @@ def load_for_inference(path: str, *, mesh: jax.sharding.Mesh | None = None,
             "chat_template": "model"}
     return Loaded(cfg, model, taxonomy_lib.default_taxonomy(), info)
   directory, step = found
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                                  item_handlers={"params": ocp.StandardCheckpointHandler(),
-                                                 **{n: ocp.JsonCheckpointHandler()
-                                                    for n in ("meta", "taxonomy")}})
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+  manager = ocp.CheckpointManager(directory, options=options, item_handlers=_handlers())
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"{directory}: no complete checkpoint step")

@@ -54,7 +54,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   setup_lib.check_mesh(run, mesh)
   os.makedirs(workdir, exist_ok=True)
   data = setup_lib.make_data(run)
-  setup_lib.write_outputs(config, data, workdir)
+  setup_lib.write_outputs(config, run, data, workdir)
   model = setup_lib.make_model(run, mesh)
   manager = checkpoint.make_manager(workdir, run.checkpoint)
   try:

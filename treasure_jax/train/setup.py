@@ -127,11 +127,15 @@ def _taxonomy(run: config_loader.RunConfig, task: Any) -> taxonomy_lib.Taxonomy:
             else taxonomy_lib.default_taxonomy())
 
 
-def write_outputs(config: ml_collections.ConfigDict, data: Data, workdir: str) -> None:
-  """config.json (the config after overrides) and taxonomy.json, by process 0."""
+def write_outputs(config: ml_collections.ConfigDict, run: config_loader.RunConfig, data: Data,
+                  workdir: str) -> None:
+  """By process 0: config.json (the config after overrides: `--config` reruns it),
+  config_resolved.json (every section with its defaults, the model preset expanded) and
+  taxonomy.json."""
   if jax.process_index() != 0:
     return
   config_loader.write_json(config, os.path.join(workdir, "config.json"))
+  config_loader.write_json(dataclasses.asdict(run), os.path.join(workdir, "config_resolved.json"))
   with open(os.path.join(workdir, "taxonomy.json"), "w", encoding="utf-8") as f:
     f.write(data.taxonomy.to_json() + "\n")
 
