@@ -57,7 +57,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.compilation_cache_dir = ""
 
   c.model = ml_collections.ConfigDict(dict(
-      preset="smollm2_135m", dtype="bfloat16", param_dtype="float32", remat="none"))
+      preset="smollm2_135m", dtype="bfloat16", param_dtype="float32", remat="none",
+      scan_layers=True))
   c.data = ml_collections.ConfigDict(dict(
       name="demo", train_files=(os.path.join(demo, "train.jsonl"),),
       eval_files=(os.path.join(demo, "validation.jsonl"),),

@@ -170,6 +170,37 @@ def _add_generate(sub) -> None:
   p.set_defaults(func=_generate)
 
 
+def _eval(args: argparse.Namespace) -> None:
+  from treasure_jax import config_loader
+  from treasure_jax.eval import sweep
+  print(sweep.run(config_loader.load(args.config, args.overrides), args.workdir))
+
+
+def _add_eval(sub) -> None:
+  p = sub.add_parser("eval", help="evaluation sweep: checkpoints x tasks x marker settings")
+  p.add_argument("--config", required=True, help="configs/eval/X.py or configs/eval/X.py:variant")
+  p.add_argument("--workdir", required=True,
+                 help="cells (per-example JSONL, metrics JSON) and report/report.md")
+  p.set_defaults(func=_eval)
+
+
+def _demo(args: argparse.Namespace) -> None:
+  from treasure_jax import demo
+  demo.run(args.workdir, quick=args.quick, config=args.config,
+           config_overrides=tuple(args.overrides), progress=not args.no_progress, echo=print)
+
+
+def _add_demo(sub) -> None:
+  p = sub.add_parser("demo", help="the method end to end: data, two fine-tunings, evaluation")
+  p.add_argument("--workdir", default="runs/demo_experiment",
+                 help="outputs; rerunning skips finished stages (default: %(default)s)")
+  p.add_argument("--quick", action="store_true", help="smaller budget, same model and data")
+  p.add_argument("--config", default=None,
+                 help="configs/demo.py[:variant] (default: the source tree's configs/demo.py)")
+  p.add_argument("--no-progress", action="store_true", help="no progress bars")
+  p.set_defaults(func=_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="treasure-jax",
@@ -181,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
   _add_convert(sub)
   _add_train(sub)
   _add_generate(sub)
+  _add_eval(sub)
+  _add_demo(sub)
   return parser
 
 
@@ -200,13 +233,18 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
   return tuple(types)
 
 
+_CONFIG_COMMANDS = ("train", "eval", "demo")
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
-  # `--config.a.b=v` overrides are collected for `train`; anything else unknown is an error.
+  # `--config.a.b=v` overrides are collected for the config-driven commands; anything else
+  # unknown is an error.
   args, unknown = parser.parse_known_args(argv)
-  overrides = [u for u in unknown if u.startswith("--config.")]
-  if len(overrides) != len(unknown) or (overrides and args.command != "train"):
-    parser.error(f"unrecognized arguments: {' '.join(u for u in unknown if u not in overrides or args.command != 'train')}")
+  takes = args.command in _CONFIG_COMMANDS
+  overrides = [u for u in unknown if u.startswith("--config.")] if takes else []
+  if len(overrides) != len(unknown):
+    parser.error(f"unrecognized arguments: {' '.join(u for u in unknown if u not in overrides)}")
   args.overrides = overrides
   try:
     args.func(args)

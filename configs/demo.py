@@ -1,0 +1,157 @@
+"""The end-to-end demo: build the demo data, fine-tune SmolLM2-135M-Instruct twice, evaluate.
+
+Command:
+  treasure-jax demo --workdir /tmp/demo            (this file, no variant: the full demo)
+  treasure-jax demo --workdir /tmp/demo --quick    (variant `quick`)
+  library: demo.run(workdir, quick=..., config="configs/demo.py:ablation",
+                    config_overrides=("train.num_train_steps=50",))
+Variants (comma-separated, e.g. `quick,ablation`):
+  (none)          baseline (no markers) and markers (p_d = p_s = 0.5): same examples, same steps.
+  quick           the same model and data, a smaller budget (below); what CI runs.
+  ablation        the paper's Table 7: marked models with p_d = 0, 0.5 and 0.7, no baseline;
+                  only marker inference and length control are evaluated.
+  ablation_pd0, ablation_pd07   one marked model with that p_d (compare with the main demo's
+                  `markers` run, same budget).
+Hardware: CPU, 2 cores, float32, no accelerator. Measured on a 2-core Xeon shared ~10 ways
+  (so wall times there were ~5-10x inflated; CPU seconds are the usable figure): data stage
+  38 CPU-s; a quick train step (4 x 256 tokens) ~20-30 CPU-s, compile and set-up ~60 CPU-s.
+  quick  train 2 x 12 steps of 4 unpacked rows of 256 tokens (48 examples each run); eval 12
+         chat prompts x (2 baseline + 3 marked settings), 24 likelihood examples x 3 settings,
+         3 CodeGeneration + 3 CodeFix problems x (1 + 2) settings. Estimate on 2 dedicated
+         cores: ~15-25 min (training ~7-13 min of it); not yet timed end to end.
+  full   train 2 x 150 steps of 8 rows (1,200 examples each run, ~1/5 epoch); eval 64 chat
+         prompts, 256 likelihood examples, 20 + 20 code problems. Estimate ~50 s a train
+         step on 2 cores: ~4-5 h for training, ~1 h for evaluation.
+Produces: in the workdir, data/ (the demo set, its marker statistics, the eval subsets),
+  train/<run>/ (checkpoints, metrics.jsonl), eval/ (sweep cells, eval/report/report.md),
+  stages/ (one file per finished stage) and report.md: the summary table next to the paper's
+  figures, with the sizes that differ from the paper stated.
+
+Rows are unpacked (one example per row) so both runs see exactly the same examples at every
+step; a marked example is ~85 tokens longer (its completion-side list), so 256 positions hold
+~90% of them whole and the rest lose the end of their response ("truncate").
+on_bad_record="skip": data.preprocessors currently rejects the demo set's multi-turn chats
+(messages ending with the assistant's answer, ~20% of the set); both runs skip the same ones.
+"""
+import ml_collections
+
+from treasure_jax.model import convert
+
+VARIANTS = ("quick", "ablation", "ablation_pd0", "ablation_pd07")
+
+
+def _task(**kw) -> ml_collections.ConfigDict:
+  base = dict(kind="", data="", settings=("none",), limit=0, max_new_tokens=0,
+              length_limits=(), nl_template="Answer in at most {n} words.", categories=(),
+              judge=False)
+  return ml_collections.ConfigDict({**base, **kw})
+
+
+def _train(quick: bool) -> ml_collections.ConfigDict:
+  """A `loop.train` config; the demo fills data paths (under its data dir) and the variant."""
+  c = ml_collections.ConfigDict()
+  c.num_train_steps = 12 if quick else 150
+  c.seed = 0
+  c.batch_size = 4 if quick else 8
+  c.grad_accum_steps = 1
+  c.log_every_steps = 1
+  c.eval_every_steps = 0  # The demo's evaluation is the sweep, after training.
+  c.eval_batches = 0
+  c.eval_batch_size = 0
+  c.init_from = convert.smollm2_gguf_path()
+  c.tokenizer = ""
+  c.compilation_cache_dir = ""
+  # The base model must match this section (the GGUF's float32 eps reads back as 1e-05).
+  c.model = ml_collections.ConfigDict(dict(
+      preset="smollm2_135m", vocab_size=49152,
+      param_dtype="float32", dtype="float32", remat="none", scan_layers=True,
+      attention_impl="xla"))
+  c.data = ml_collections.ConfigDict(dict(
+      task="", name="demo", train_files=("train.jsonl",), eval_files=("validation.jsonl",),
+      taxonomy="taxonomy.json", template="chatml", variant="markers", p_dataset=0.5,
+      p_sample=0.5, seq_len=256, pack=False, on_bad_record="skip", on_overflow="truncate",
+      shuffle_buffer=10_000, long_tail_boost=1.0, long_tail_threshold=0.05, seed=0))
+  c.optim = ml_collections.ConfigDict(dict(
+      schedule="cosine", peak_lr=2.5e-4, final_lr=1.25e-4, warmup_steps=2 if quick else 10,
+      weight_decay=0.01, b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0))
+  c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1), rules="fsdp"))
+  # keep=1: a step's state (weights + Adam moments) is ~1.6 GB in float32.
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=4 if quick else 25, keep=1, async_save=True))
+  c.distributed = ml_collections.ConfigDict(dict(
+      initialization_timeout_s=300, heartbeat_timeout_s=100, shutdown_timeout_s=300))
+  return c
+
+
+def _eval(quick: bool, ablation: bool) -> ml_collections.ConfigDict:
+  """A `sweep.run` config; the demo fills checkpoints, baselines and data_dir."""
+  c = ml_collections.ConfigDict()
+  c.train_files = ("train.jsonl",)
+  c.taxonomy = "taxonomy.json"
+  c.long_tail_threshold = 0.05
+  c.examples_per_cell = 3
+  c.nll_batch_size = 8
+  c.sharded = False
+  c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1), rules="fsdp"))
+  c.decode = ml_collections.ConfigDict(dict(
+      batch_size=4 if quick else 8, max_new_tokens=160, sampler="greedy", temperature=1.0,
+      top_k=0, top_p=1.0, seed=0, force_prefix=False))
+  # Paths are under the demo's data dir; eval/validation.jsonl holds the single-turn validation
+  # examples in an order that covers the languages evenly (`treasure_jax.demo.data`); a task
+  # takes its first N.
+  # chat: a "none" cell of a marked model is its inferred mode (marker inference accuracy).
+  tasks = dict(
+      chat=_task(kind="length", data="eval/validation.jsonl", limit=12 if quick else 64,
+                 settings=("none", "nl_instruction", "fixed:length_tokens")))
+  if not ablation:
+    tasks.update(
+        likelihood=_task(kind="likelihood", data="eval/validation.jsonl",
+                         limit=24 if quick else 256,
+                         settings=("none", "inferred", "fixed:domain,lang")),
+        codegen=_task(kind="code", data="humaneval/humaneval_codegen.jsonl",
+                      limit=3 if quick else 20, max_new_tokens=256,
+                      settings=("none", "fixed:task")),
+        codefix=_task(kind="code", data="humaneval/humaneval_codefix.jsonl",
+                      limit=3 if quick else 20, max_new_tokens=256,
+                      settings=("none", "fixed:task")))
+  c.tasks = ml_collections.ConfigDict(tasks)
+  c.judge = ml_collections.ConfigDict(dict(url="", model=""))  # No judge endpoint offline.
+  c.reward = ml_collections.ConfigDict(dict(kind="none"))
+  return c
+
+
+def _runs(ablation: str) -> ml_collections.ConfigDict:
+  """Training runs: name -> data variant and prompt-side dropout."""
+  def run(variant, p_dataset):
+    return dict(variant=variant, p_dataset=p_dataset, p_sample=0.5)
+  if ablation == "ablation":
+    runs = dict(markers_pd0=run("markers", 0.0), markers_pd05=run("markers", 0.5),
+                markers_pd07=run("markers", 0.7))
+  elif ablation == "ablation_pd0":
+    runs = dict(markers_pd0=run("markers", 0.0))
+  elif ablation == "ablation_pd07":
+    runs = dict(markers_pd07=run("markers", 0.7))
+  else:
+    runs = dict(baseline=run("baseline", 0.5), markers=run("markers", 0.5))
+  return ml_collections.ConfigDict(runs)
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+  names = [v.strip() for v in (variant or "").split(",") if v.strip()]
+  unknown = [v for v in names if v not in VARIANTS]
+  ablations = [v for v in names if v.startswith("ablation")]
+  if unknown or len(ablations) > 1:
+    raise ValueError(f"configs/demo.py: variant {variant!r}: use a comma-separated subset of "
+                     f"{', '.join(VARIANTS)} with at most one ablation")
+  quick = "quick" in names
+  ablation = ablations[0] if ablations else ""
+  c = ml_collections.ConfigDict()
+  c.variant = ",".join(names)
+  # demo_data.build arguments; corpus_dir "" = the installed chatterbot-corpus package.
+  c.build = ml_collections.ConfigDict(dict(
+      seed=0, val_fraction=0.1, humaneval_limit=3 if quick else 20, corpus_dir=""))
+  c.eval_sample_seed = 0  # Order of the eval subsets (a hash of seed and id), never tuned.
+  c.train = _train(quick)
+  c.runs = _runs(ablation)
+  c.eval = _eval(quick, bool(ablation))
+  return c

@@ -1,0 +1,208 @@
+"""Every run config loads, resolves, builds at full size and fits its hardware's memory.
+
+For each train config variant (the variant names the hardware, `benchmarks/memory_plan.TARGETS`):
+  - it loads and resolves to its dataclasses (`config_loader.resolve`);
+  - the model and optimizer state are built at full size with `jax.eval_shape` (nothing
+    allocated), sharded by the trainer's own rules on an abstract mesh of the target's size;
+  - the per-device memory formula (exact state + estimated activations) fits the device and
+    the figure printed in the config's docstring is the formula's;
+  - the train step is compiled ahead of time on a fake CPU mesh of the target's device count and
+    XLA's `memory_analysis()` per device is printed (`pytest -s`) and must fit the device:
+    95 GiB for TPU v5p, 80 GiB for H100. CPU compilation is a proxy (see memory_plan): splash
+    and cuDNN attention are replaced by "xla" attention, whose T x T scores are counted.
+The 7-9B configs must use the paper's hyperparameters. Eval sweep configs must resolve.
+
+Compile cost, measured on the 2-core test machine: an AOT compile takes 15-25 s of CPU whatever
+the depth (layers are scanned: llama3_8b at 2 and at 32 layers compiled in the same time), so
+compiling a 2-layer copy and extrapolating would save nothing. The default run compiles one
+config at full size, llama3_8b:v5p_64, in a 32-device subprocess (~60 s of CPU with the
+subprocess's imports); the others are `slow`: `pytest tests/test_configs.py -m slow -s -k NAME`,
+or `python benchmarks/memory_plan.py --aot configs/gemma2_9b.py:h100x8` (prints the JSON).
+Results (GiB per device, formula / AOT CPU proxy): llama3_8b v5p_64 47.4 / 76.0, h100x8 41.4 /
+64.5; qwen2_7b v5p_64 49.7 / 72.7, h100x8 42.7 / 58.5; gemma2_9b v5p_64 45.2 / 54.9, h100x8
+51.3 / 48.2.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from treasure_jax import config_loader
+from treasure_jax.eval import sweep
+from treasure_jax.model import config as model_config
+from treasure_jax.model import gguf
+from treasure_jax.model import hf_config
+from treasure_jax.train import setup as setup_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LARGE = [f"configs/{m}.py:{v}" for m in ("llama3_8b", "qwen2_7b", "gemma2_9b")
+         for v in ("v5p_64", "h100x8")]
+# (config, target hardware): configs/smollm2_135m.py has no hardware variants; it is for one GPU.
+TRAIN = [("configs/smollm2_135m.py", "h100x1")] + [(s, None) for s in LARGE]
+EVAL = [f"configs/eval/{m}.py" for m in ("smollm2_135m", "llama3_8b", "qwen2_7b", "gemma2_9b")]
+# The paper's recipe (method.md): 8,000 steps, batch 32, cosine, 10 warm-up steps to 2.5e-4,
+# decaying to 1.25e-4.
+PAPER = dict(num_train_steps=8000, batch_size=32, schedule="cosine", warmup_steps=10,
+             peak_lr=2.5e-4, final_lr=1.25e-4)
+
+
+def _load_memory_plan():
+  path = os.path.join(ROOT, "benchmarks", "memory_plan.py")
+  spec = importlib.util.spec_from_file_location("memory_plan", path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # Its dataclasses look their module up there.
+  spec.loader.exec_module(module)
+  return module
+
+
+memory_plan = _load_memory_plan()
+
+
+def _path(spec: str) -> str:
+  return os.path.join(ROOT, spec)
+
+
+def _resolve(spec: str) -> config_loader.RunConfig:
+  return config_loader.resolve(config_loader.load(_path(spec)))
+
+
+@functools.lru_cache(maxsize=None)
+def _plan(spec: str, target_name: str | None = None) -> dict:
+  """memory_plan.plan without the AOT compile (eval_shape only), once per config."""
+  return memory_plan.plan(_path(spec), target=target_name)
+
+
+@pytest.mark.parametrize("spec,target_name", TRAIN)
+def test_builds_at_full_size_and_formula_fits(spec, target_name):
+  plan = _plan(spec, target_name)
+  run = _resolve(spec)
+  target = memory_plan.target_of(spec, target_name)
+  preset = model_config.preset(os.path.basename(spec.partition(":")[0])[:-len(".py")])
+  for field in ("num_layers", "embed_dim", "num_heads", "num_kv_heads", "mlp_dim", "vocab_size"):
+    assert getattr(run.model, field) == getattr(preset, field), field  # Full size, not shrunk.
+  assert plan["mesh"]["data"] * plan["mesh"]["fsdp"] * plan["mesh"]["tensor"] == target.devices
+  print(f"\n{spec}: {json.dumps(plan['formula'], indent=1)}")
+  assert plan["formula"]["total_gib"] < target.hbm_gib, plan["formula"]
+
+
+@pytest.mark.parametrize("spec", LARGE)
+def test_docstring_states_the_formula_figures(spec):
+  """The memory and throughput in the config's docstring are the formula's current ones."""
+  plan = _plan(spec, None)
+  variant = spec.partition(":")[2]
+  block = _variant_entry(_docstring(spec), variant)
+  memory = f"~{plan['formula']['total_gib']:.1f} GiB"
+  tokens = _tokens_text(plan["throughput"]["tokens_per_s"])
+  assert memory in block and tokens in block, (
+      f"{spec}: update the docstring's {variant} entry: formula memory {memory}, "
+      f"throughput {tokens} tokens/s")
+
+
+def _variant_entry(doc: str, variant: str) -> str:
+  """The docstring line starting with `variant` and its more indented continuation lines."""
+  lines = doc.splitlines()
+  for i, line in enumerate(lines):
+    if line.strip().startswith(variant + " "):
+      indent = len(line) - len(line.lstrip())
+      entry = [line]
+      for more in lines[i + 1:]:
+        if not more.strip() or len(more) - len(more.lstrip()) <= indent:
+          break
+        entry.append(more)
+      return " ".join(" ".join(entry).split())  # Figures may wrap across lines.
+  return ""
+
+
+def _tokens_text(tokens_per_s: float) -> str:
+  return f"~{tokens_per_s / 1e3:.0f}k" if tokens_per_s >= 1e3 else f"~{tokens_per_s:.0f}"
+
+
+def _docstring(spec: str) -> str:
+  with open(_path(spec.partition(":")[0]), encoding="utf-8") as f:
+    text = f.read()
+  match = re.match(r'\s*"""(.*?)"""', text, re.S)
+  assert match, f"{spec}: no module docstring"
+  return match.group(1)
+
+
+@pytest.mark.parametrize("spec", LARGE)
+def test_large_configs_use_the_paper_hyperparameters(spec):
+  run = _resolve(spec)
+  got = dict(num_train_steps=run.num_train_steps, batch_size=run.batch_size,
+             schedule=run.optim.schedule, warmup_steps=run.optim.warmup_steps,
+             peak_lr=run.optim.peak_lr, final_lr=run.optim.final_lr)
+  assert got == PAPER
+  assert run.model.param_dtype == "float32" and run.model.dtype == "bfloat16"
+  assert run.model.scan_layers
+  expected = "splash" if spec.endswith("v5p_64") else ("xla" if "gemma2" in spec else "cudnn")
+  assert run.model.attention_impl == expected  # cuDNN has no attention soft-capping (Gemma 2).
+  for key in ("command", "hardware", "memory", "throughput"):
+    assert key in _docstring(spec).lower(), key
+
+
+@pytest.mark.parametrize("path", ["configs/llama3_8b.py", "configs/qwen2_7b.py:tpu"])
+def test_a_missing_or_unknown_variant_is_named(path):
+  with pytest.raises(ValueError, match="variant"):
+    config_loader.load(_path(path))
+
+
+def test_smollm2_config_matches_its_base_model():
+  run = _resolve("configs/smollm2_135m.py")
+  ckpt = gguf.load(run.init_from)
+  setup_lib.check_architecture(run.model, hf_config.config_from_hf(ckpt.config), run.init_from)
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_demo_config_matches_its_base_model(quick):
+  from treasure_jax import demo  # pylint: disable=g-import-not-at-top
+  _, cfg = demo.load_config(quick=quick)
+  run = config_loader.resolve(cfg.train)
+  ckpt = gguf.load(run.init_from)
+  setup_lib.check_architecture(run.model, hf_config.config_from_hf(ckpt.config), run.init_from)
+
+
+@pytest.mark.parametrize("spec", EVAL)
+def test_eval_configs_resolve(spec):
+  cfg, tasks, checkpoints = sweep.resolve(config_loader.load(_path(spec)))
+  assert {t.kind for t in tasks.values()} == {"markers", "length", "likelihood", "code"}
+  assert all(b in checkpoints for b in cfg.baselines)
+  if "smollm2" not in spec:
+    assert cfg.sharded and cfg.baselines
+
+
+def _aot(spec: str, target_name: str | None) -> dict:
+  target = memory_plan.target_of(spec, target_name)
+  if target.devices <= len(jax.devices()):
+    return memory_plan.plan(_path(spec), target=target_name, with_aot=True)["aot"]
+  # More devices than this process has (conftest: 8): a fresh process with its own fake mesh.
+  script = os.path.join(ROOT, "benchmarks", "memory_plan.py")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  args = [sys.executable, script, "--aot", _path(spec)]
+  args += ["--target", target_name] if target_name else []
+  out = subprocess.run(args, env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=900, check=False)
+  assert out.returncode == 0, out.stderr[-4000:]
+  return json.loads(out.stdout)["aot"]
+
+
+def _check_aot(spec: str, target_name: str | None) -> None:
+  target = memory_plan.target_of(spec, target_name)
+  result = _aot(spec, target_name)
+  print(f"\n{spec} on {target.name}: AOT per device (CPU proxy): {json.dumps(result, indent=1)}")
+  assert result["total_gib"] < target.hbm_gib, (
+      f"{spec}: the compiled train step needs {result['total_gib']:.1f} GiB per device, more "
+      f"than the {target.hbm_gib} GiB of {target.name}")
+
+
+# Every training config, in the default run (each compile ~15-25 CPU-s: layers are scanned).
+@pytest.mark.parametrize("spec,target_name", TRAIN)
+def test_aot_memory_fits(spec, target_name):
+  _check_aot(spec, target_name)
