@@ -38,51 +38,15 @@ Recipe (method.md): 8,000 steps of 32 rows, 10 warm-up steps to 2.5e-4, cosine t
 """
 import ml_collections
 
+from treasure_jax import config_presets
+
 # Per hardware target: mesh (data, fsdp, tensor), micro-batching, remat, attention kernel, and
-# where the base model and data live. Rows per device per micro-batch:
-# 32 / accum / (data * fsdp) = 1.
-VARIANTS = {
-    "v5p_64": dict(mesh=(1, 32, 1), grad_accum_steps=1, remat="minimal", attention_impl="splash",
-                   root="gs://BUCKET"),
-    "h100x8": dict(mesh=(-1, 8, 1), grad_accum_steps=4, remat="full", attention_impl="cudnn",
-                   root="/shared"),
-}
+# where the base model and data live (config_presets.FINETUNE_TARGETS).
+VARIANTS = config_presets.finetune_targets()
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-  if variant not in VARIANTS:
-    raise ValueError(f"configs/llama3_8b.py: choose a hardware variant, "
-                     f"configs/llama3_8b.py:VARIANT with VARIANT one of {', '.join(VARIANTS)} "
-                     f"(got {variant!r})")
-  v = VARIANTS[variant]
-  c = ml_collections.ConfigDict()
-  # The paper's recipe: 8,000 steps of 32 packed rows, cosine from 2.5e-4 to 1.25e-4.
-  c.num_train_steps = 8000
-  c.seed = 0
-  c.batch_size = 32
-  c.grad_accum_steps = v["grad_accum_steps"]
-  c.log_every_steps = 10
-  c.eval_every_steps = 500
-  c.eval_batches = 20
-  c.eval_batch_size = 0  # = batch_size.
-  c.init_from = f"{v['root']}/models/llama3-8b"
-  c.tokenizer = ""  # The base model's.
-  c.compilation_cache_dir = ""
-
-  c.model = ml_collections.ConfigDict(dict(
-      preset="llama3_8b", param_dtype="float32", dtype="bfloat16", remat=v["remat"],
-      scan_layers=True, attention_impl=v["attention_impl"]))
-  c.data = ml_collections.ConfigDict(dict(
-      task="", name="sft", train_files=(f"{v['root']}/data/train.jsonl",),
-      eval_files=(f"{v['root']}/data/validation.jsonl",), taxonomy="", template="llama3",
-      variant="markers", p_dataset=0.5, p_sample=0.5, seq_len=8192, pack=True,
-      on_bad_record="error", on_overflow="skip", shuffle_buffer=10_000, long_tail_boost=1.0,
-      long_tail_threshold=0.05, seed=0))
-  c.optim = ml_collections.ConfigDict(dict(
-      schedule="cosine", peak_lr=2.5e-4, final_lr=1.25e-4, warmup_steps=10, weight_decay=0.01,
-      b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0))
-  c.mesh = ml_collections.ConfigDict(dict(shape=v["mesh"], rules="fsdp"))
-  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, async_save=True))
-  c.distributed = ml_collections.ConfigDict(dict(
-      initialization_timeout_s=600, heartbeat_timeout_s=100, shutdown_timeout_s=300))
-  return c
+  """The paper's recipe on hardware target `variant`, one of VARIANTS."""
+  return config_presets.finetune_config(
+      "configs/llama3_8b.py", variant, targets=VARIANTS, preset="llama3_8b", template="llama3",
+      model_dir="llama3-8b")

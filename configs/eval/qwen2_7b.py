@@ -24,50 +24,10 @@ Produces: /shared/evals/qwen2_7b/report/report.md (+ cells.json, PNGs) and per c
 """
 import ml_collections
 
-
-def _task(**kw) -> ml_collections.ConfigDict:
-  base = dict(kind="", data="", settings=("inferred",), limit=0, max_new_tokens=0,
-              length_limits=(), nl_template="Answer in at most {n} words.", categories=(),
-              judge=False)
-  return ml_collections.ConfigDict({**base, **kw})
+from treasure_jax import config_presets
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-  if variant is not None:
-    raise ValueError(f"configs/eval/qwen2_7b.py: no variants (got {variant!r}); the mesh takes "
-                     "every local device")
-  c = ml_collections.ConfigDict()
-  c.checkpoints = ("markers=/shared/runs/qwen2_7b", "baseline=/shared/runs/qwen2_7b_baseline")
-  c.baselines = ("baseline",)
-  c.data_dir = "/shared/data"
-  c.train_files = ()  # () = each checkpoint's own training files (long-tail slices).
-  c.long_tail_threshold = 0.05
-  c.taxonomy = ""  # Settings are checked against the default; each checkpoint runs its own.
-  c.examples_per_cell = 3
-  c.nll_batch_size = 16
-  c.sharded = True
-  c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 4), rules="fsdp_tp"))
-  c.decode = ml_collections.ConfigDict(dict(
-      batch_size=32, max_new_tokens=1024, sampler="greedy", temperature=1.0, top_k=0, top_p=1.0,
-      seed=0, force_prefix=False))
-  # Every task has "none" (or nl_instruction): the only settings a baseline checkpoint runs.
-  c.tasks = ml_collections.ConfigDict(dict(
-      markers=_task(kind="markers", data="validation.jsonl", limit=2000,
-                    settings=("none", "inferred", "constrained")),
-      quality=_task(kind="markers", data="validation.jsonl", limit=500, judge=True,
-                    settings=("none", "inferred", "fixed:quality_bucket=1")),
-      length=_task(kind="length", data="validation.jsonl", limit=500, max_new_tokens=2048,
-                   settings=("none", "nl_instruction", "inferred", "fixed:length_tokens")),
-      likelihood=_task(kind="likelihood", data="validation.jsonl", limit=2000,
-                       settings=("none", "inferred", "fixed:domain,task,lang")),
-      codegen=_task(kind="code", data="demo/humaneval/humaneval_codegen.jsonl",
-                    max_new_tokens=512, settings=("none", "inferred", "fixed:task")),
-      codefix=_task(kind="code", data="demo/humaneval/humaneval_codefix.jsonl",
-                    max_new_tokens=512, settings=("none", "inferred", "fixed:task")),
-  ))
-  # Off until pointed at a server: judge and reward metrics are then reported as unavailable.
-  c.judge = ml_collections.ConfigDict(dict(
-      url="", model="", api_key_env="OPENAI_API_KEY", concurrency=8))
-  c.reward = ml_collections.ConfigDict(dict(
-      kind="none", name=None, url=None, callable=None, api_key_env=None, concurrency=8))
-  return c
+  """The sweep of the docstring; no variants."""
+  return config_presets.paper_eval_config("configs/eval/qwen2_7b.py", variant, run="qwen2_7b",
+                                          mesh=(1, -1, 4))

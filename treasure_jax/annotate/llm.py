@@ -7,6 +7,9 @@ HTTP (stdlib urllib): per-request timeout, exponential backoff with jitter on 42
 timeouts and dropped connections (honouring Retry-After), `LlmError` when retries run out or the
 server refuses the request outright (401, 404, ...): a configuration error stops the run rather
 than filling the data with holes. 400/413/422 concern one prompt only: `ItemError`.
+`post_configured` adds the API key and a config section's timeout and retry settings;
+`chat_completion` asks a chat endpoint for one reply; `check_keys` and `chat_endpoint` read a
+config section. The LLM judge (`eval.judge`) and the reward scorer (`quality`) use them too.
 
 The API key is read from the environment variable named in the config, sent only in the
 Authorization header, and scrubbed from every error message; it is never stored on disk.
@@ -25,7 +28,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from treasure_jax.annotate import prompts
@@ -62,13 +65,7 @@ class LlmConfig:
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any], where: str = "llm") -> LlmConfig:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
-    for key in ("url", "model"):
-      if not isinstance(d.get(key), str) or not d[key]:
-        raise ValueError(f"{where}.{key}: required, a non-empty string")
+    check_keys(cls, d, where, required=("url", "model"))
     check_url(d["url"], f"{where}.url")
     kw = dict(d)
     if "categories" in kw:
@@ -83,8 +80,7 @@ class LlmConfig:
 
   @property
   def endpoint(self) -> str:
-    url = self.url.rstrip("/")
-    return url if url.endswith("/chat/completions") else url + "/chat/completions"
+    return chat_endpoint(self.url)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +134,34 @@ def check_url(url: Any, where: str) -> None:
     raise ValueError(f"{where}: {url!r} is not an http:// or https:// URL")
 
 
+def check_keys(cls: type, d: Mapping[str, Any], where: str,
+               required: Sequence[str] = ()) -> None:
+  """Checks a config section before `cls(**d)`.
+
+  Args:
+    cls: the section's dataclass.
+    d: the section.
+    where: the section's name in errors ("llm", "judge").
+    required: keys that must be non-empty strings.
+
+  Raises:
+    ValueError: a key of `d` is not a field of `cls`, or a required key is missing or empty.
+  """
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(d) - known)
+  if unknown:
+    raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+  for key in required:
+    if not isinstance(d.get(key), str) or not d[key]:
+      raise ValueError(f"{where}.{key}: required, a non-empty string")
+
+
+def chat_endpoint(url: str) -> str:
+  """The chat endpoint of `url`, an API base (".../v1") or the full endpoint."""
+  url = url.rstrip("/")
+  return url if url.endswith("/chat/completions") else url + "/chat/completions"
+
+
 def post_json(url: str, payload: Any, *, headers: Mapping[str, str], timeout_s: float,
               max_retries: int, backoff_s: float, max_backoff_s: float,
               secret: str | None = None) -> Any:
@@ -173,6 +197,56 @@ def post_json(url: str, payload: Any, *, headers: Mapping[str, str], timeout_s: 
       time.sleep(delay)
   raise LlmError(f"POST {url}: gave up after {max_retries + 1} attempts; last error: "
                  f"{redact(last, secret)}")
+
+
+def post_configured(url: str, payload: Any, cfg: Any, key: str | None) -> Any:
+  """`post_json` with the settings of a config section and an optional API key.
+
+  Args:
+    url: the endpoint.
+    payload: the JSON request body.
+    cfg: the section; its timeout_s, max_retries, backoff_s and max_backoff_s are used.
+    key: the API key (`read_api_key`), sent as a bearer token and scrubbed from errors; None
+      sends no Authorization header.
+
+  Returns:
+    The decoded JSON reply.
+
+  Raises:
+    LlmError: the endpoint refused the request or retries ran out.
+    ItemError: the endpoint rejected this request only.
+  """
+  headers = {"Authorization": f"Bearer {key}"} if key else {}
+  return post_json(url, payload, headers=headers, timeout_s=cfg.timeout_s,
+                   max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
+                   max_backoff_s=cfg.max_backoff_s, secret=key)
+
+
+def chat_completion(cfg: Any, messages: Sequence[Mapping[str, str]], key: str | None) -> str:
+  """One reply of a chat model to `messages` (`post_configured` to `cfg.endpoint`).
+
+  Args:
+    cfg: the config section: endpoint, model, temperature, max_tokens and the settings
+      `post_configured` reads.
+    messages: the chat messages ({"role", "content"}).
+    key: the API key or None, as in `post_configured`.
+
+  Returns:
+    The reply's `choices[0].message.content`; "" when that is not a string.
+
+  Raises:
+    LlmError: as `post_configured`, or the reply has no such content.
+    ItemError: as `post_configured`.
+  """
+  reply = post_configured(
+      cfg.endpoint, {"model": cfg.model, "messages": messages, "temperature": cfg.temperature,
+                     "max_tokens": cfg.max_tokens}, cfg, key)
+  try:
+    content = reply["choices"][0]["message"]["content"]
+  except (KeyError, IndexError, TypeError):
+    raise LlmError(f"POST {cfg.endpoint}: reply has no choices[0].message.content: "
+                   f"{redact(json.dumps(reply)[:200], key)}") from None
+  return content if isinstance(content, str) else ""
 
 
 def parse_answer(text: str, category: taxonomy.Category) -> tuple[str | None, bool]:
@@ -220,20 +294,7 @@ class Client:
         {"role": "user", "content": prompt[:self.cfg.max_prompt_chars]}]
 
   def _complete(self, messages: list[dict[str, str]]) -> str:
-    cfg = self.cfg
-    headers = {"Authorization": f"Bearer {self.__key}"} if self.__key else {}
-    reply = post_json(
-        cfg.endpoint,
-        {"model": cfg.model, "messages": messages, "temperature": cfg.temperature,
-         "max_tokens": cfg.max_tokens},
-        headers=headers, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
-        backoff_s=cfg.backoff_s, max_backoff_s=cfg.max_backoff_s, secret=self.__key)
-    try:
-      content = reply["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-      raise LlmError(f"POST {cfg.endpoint}: reply has no choices[0].message.content: "
-                     f"{redact(json.dumps(reply)[:200], self.__key)}") from None
-    return content if isinstance(content, str) else ""
+    return chat_completion(self.cfg, messages, self.__key)
 
   def classify(self, prompt: str, category: str) -> Answer:
     """Asks once, and once more after an answer that is not a class."""

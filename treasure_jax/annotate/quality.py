@@ -2,7 +2,7 @@
 
 A scorer maps (prompt, response) to a float, the `quality` marker. Two kinds, chosen by the
 `quality` config section: `http` POSTs `{"prompt", "response"}` to a reward endpoint and reads
-`{"score"}` (retries and backoff as in `llm.post_json`); `python` calls a function named
+`{"score"}` (retries and backoff as in `llm.post_configured`); `python` calls a function named
 "module:function" with (prompt, response). `quality_bucket` is a second pass over all scores:
 per-language quartiles, 1 = best (`taxonomy.quality_buckets`). Caching and threading are the
 pipeline's; the reward model itself is the user's.
@@ -46,10 +46,7 @@ class QualityConfig:
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any], where: str = "quality") -> QualityConfig:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    llm.check_keys(cls, d, where)
     cfg = cls(**d)
     if cfg.kind not in KINDS:
       raise ValueError(f"{where}.kind: {cfg.kind!r} is not one of {', '.join(KINDS)}")
@@ -98,11 +95,8 @@ class Scorer:
     if self._fn is not None:
       return _finite(self._fn(prompt, response), f"quality.callable {self.name}")
     cfg = self.cfg
-    headers = {"Authorization": f"Bearer {self.__key}"} if self.__key else {}
-    reply = llm.post_json(
-        cfg.url, {"prompt": prompt, "response": response}, headers=headers,
-        timeout_s=cfg.timeout_s, max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
-        max_backoff_s=cfg.max_backoff_s, secret=self.__key)
+    reply = llm.post_configured(cfg.url, {"prompt": prompt, "response": response}, cfg,
+                                self.__key)
     if not isinstance(reply, Mapping) or "score" not in reply:
       raise QualityError(f"quality.url {cfg.url}: reply has no 'score': "
                          f"{llm.redact(json.dumps(reply)[:200], self.__key)}")

@@ -5,8 +5,8 @@ opponent's (e.g. the reference or a baseline model) in *both* orders, which canc
 position bias: each order gives the model 1 (win), 0.5 (tie) or 0 (loss), and the example's
 score is the mean of the two. An example whose judge answer is malformed (no single verdict)
 or whose request failed in either order is invalid and left out of the win rate, and counted.
-HTTP, retries with backoff and API-key handling are `annotate.llm.post_json`'s (stdlib urllib;
-the key is read from the environment variable named in the config, sent only in the
+HTTP, retries with backoff and API-key handling are `annotate.llm.chat_completion`'s (stdlib
+urllib; the key is read from the environment variable named in the config, sent only in the
 Authorization header and scrubbed from errors; never logged).
 
 Reward model: any `annotate.quality.Scorer`, object with `.score(prompt, response)`, or
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -54,13 +53,7 @@ class JudgeConfig:
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any], where: str = "judge") -> JudgeConfig:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
-    for key in ("url", "model"):
-      if not isinstance(d.get(key), str) or not d[key]:
-        raise ValueError(f"{where}.{key}: required, a non-empty string")
+    llm.check_keys(cls, d, where, required=("url", "model"))
     cfg = cls(**d)
     if not isinstance(cfg.concurrency, int) or cfg.concurrency < 1:
       raise ValueError(f"{where}.concurrency: must be a positive integer")
@@ -68,8 +61,7 @@ class JudgeConfig:
 
   @property
   def endpoint(self) -> str:
-    url = self.url.rstrip("/")
-    return url if url.endswith("/chat/completions") else url + "/chat/completions"
+    return llm.chat_endpoint(self.url)
 
 
 def parse_verdict(text: str) -> str | None:
@@ -98,21 +90,9 @@ class Judge:
 
   def ask(self, prompt: str, response_a: str, response_b: str) -> tuple[str | None, str]:
     """(verdict or None, raw answer); transport failures raise llm.LlmError / llm.ItemError."""
-    cfg = self.cfg
-    headers = {"Authorization": f"Bearer {self.__key}"} if self.__key else {}
-    messages = [{"role": "system", "content": cfg.system_prompt},
+    messages = [{"role": "system", "content": self.cfg.system_prompt},
                 {"role": "user", "content": user_message(prompt, response_a, response_b)}]
-    reply = llm.post_json(
-        cfg.endpoint, {"model": cfg.model, "messages": messages, "temperature": cfg.temperature,
-                       "max_tokens": cfg.max_tokens},
-        headers=headers, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
-        backoff_s=cfg.backoff_s, max_backoff_s=cfg.max_backoff_s, secret=self.__key)
-    try:
-      content = reply["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-      raise llm.LlmError(f"POST {cfg.endpoint}: reply has no choices[0].message.content: "
-                         f"{llm.redact(json.dumps(reply)[:200], self.__key)}") from None
-    content = content if isinstance(content, str) else ""
+    content = llm.chat_completion(self.cfg, messages, self.__key)
     return parse_verdict(content), content
 
   def compare(self, prompt: str, response: str, opponent: str) -> dict[str, Any]:
