@@ -8,6 +8,8 @@ max_new_tokens), so a batch compiles once and later batches of the same bucket r
 prompt length is rounded up to `prompt_bucket` for that reason. With a mesh (the model created
 with `transformer.create(mesh=...)` or `shard_model`), the batch is split over the data axes
 like training and the weights stay sharded; the batch is padded to a multiple of the data shards.
+Multi-host (a mesh over several processes' devices), every process calls `generate` with the
+same prompts, runs the same loop and gets the whole batch back (`_to_host`).
 
 Each row samples with its own key, fold_in(PRNGKey(seed), row) per request (`row_seeds`), then
 folded with the step: a prompt's sample does not depend on the rest of its batch.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -106,12 +108,32 @@ def generate(model: transformer.Transformer, prompts: Sequence[Sequence[int]], *
     inputs = jax.device_put(inputs, sharding.batch_sharding(model.plan.mesh))
   out_BN, logprobs_BN, counts_B, reasons_B = _run(
       static, state, *inputs, np.uint32(seed), constraint, stop_tables)
-  out_BN, logprobs_BN, counts_B, reasons_B = jax.device_get(
-      (out_BN, logprobs_BN, counts_B, reasons_B))
+  out_BN, logprobs_BN, counts_B, reasons_B = _to_host(
+      (out_BN, logprobs_BN, counts_B, reasons_B), model.plan)
   return Generation(
       tokens=[out_BN[i, :counts_B[i]].tolist() for i in range(n)],
       logprobs=[logprobs_BN[i, :counts_B[i]] for i in range(n)],
       stop_reasons=[STOP_REASONS[reasons_B[i]] for i in range(n)])
+
+
+def _to_host(outputs: tuple[jax.Array, ...], plan: sharding.Plan | None
+             ) -> tuple[np.ndarray, ...]:
+  """Numpy copies of the loop's outputs, the whole batch on every process.
+
+  Multi-host, the batch-sharded outputs span other processes' devices, which `jax.device_get`
+  cannot read: they are replicated over the mesh first (a compiled identity that every process
+  runs, as it runs the loop). A single process reads them directly.
+  """
+  if plan is not None and not all(x.is_fully_addressable for x in outputs):
+    outputs = _replicator(plan.mesh)(outputs)
+  return jax.device_get(outputs)
+
+
+@functools.cache
+def _replicator(mesh: jax.sharding.Mesh) -> Callable[..., tuple[jax.Array, ...]]:
+  """A jitted identity whose outputs are replicated over `mesh`."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(lambda tree: tree, out_shardings=replicated)
 
 
 def _padded_batch(n: int, plan: sharding.Plan | None) -> int:
