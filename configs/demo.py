@@ -12,16 +12,15 @@ Variants (comma-separated, e.g. `quick,ablation`):
                   only marker inference and length control are evaluated.
   ablation_pd0, ablation_pd07   one marked model with that p_d (compare with the main demo's
                   `markers` run, same budget).
-Hardware: CPU, 2 cores, float32, no accelerator. Measured on a 2-core Xeon shared ~10 ways
-  (so wall times there were ~5-10x inflated; CPU seconds are the usable figure): data stage
-  38 CPU-s; a quick train step (4 x 256 tokens) ~20-30 CPU-s, compile and set-up ~60 CPU-s.
+Hardware: CPU, 2 cores, float32, no accelerator; peak memory ~10 GiB (RSS).
   quick  train 2 x 12 steps of 4 unpacked rows of 256 tokens (48 examples each run); eval 12
-         chat prompts x (2 baseline + 3 marked settings), 24 likelihood examples x 3 settings,
-         3 CodeGeneration + 3 CodeFix problems x (1 + 2) settings. Estimate on 2 dedicated
-         cores: ~15-25 min (training ~7-13 min of it); not yet timed end to end.
-  full   train 2 x 150 steps of 8 rows (1,200 examples each run, ~1/5 epoch); eval 64 chat
-         prompts, 256 likelihood examples, 20 + 20 code problems. Estimate ~50 s a train
-         step on 2 cores: ~4-5 h for training, ~1 h for evaluation.
+         chat prompts x (2 baseline + 3 marked settings), 24 likelihood examples x (1 + 3)
+         settings, 3 CodeGeneration + 3 CodeFix problems x (1 + 2) settings. Measured on the
+         2-core machine (shared with a test run): 15 min 7 s wall, 1,153 CPU-s; training
+         217 + 139 s, evaluation 535 s, data 9 s.
+  full   train 2 x 60 steps of 8 rows (480 examples each run); eval 32 chat prompts, 96
+         likelihood examples, 10 + 10 code problems. Estimated from the quick run's stage
+         times: ~1 h on 2 cores (figures measured: README, "treasure-jax demo").
 Produces: in the workdir, data/ (the demo set, its marker statistics, the eval subsets),
   train/<run>/ (checkpoints, metrics.jsonl), eval/ (sweep cells, eval/report/report.md),
   stages/ (one file per finished stage) and report.md: the summary table next to the paper's
@@ -50,7 +49,7 @@ def _task(**kw) -> ml_collections.ConfigDict:
 def _train(quick: bool) -> ml_collections.ConfigDict:
   """A `loop.train` config; the demo fills data paths (under its data dir) and the variant."""
   c = ml_collections.ConfigDict()
-  c.num_train_steps = 12 if quick else 150
+  c.num_train_steps = 12 if quick else 60
   c.seed = 0
   c.batch_size = 4 if quick else 8
   c.grad_accum_steps = 1
@@ -77,7 +76,7 @@ def _train(quick: bool) -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1), rules="fsdp"))
   # keep=1: a step's state (weights + Adam moments) is ~1.6 GB in float32.
   c.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=4 if quick else 25, keep=1, async_save=True))
+      every_steps=4 if quick else 20, keep=1, async_save=True))
   c.distributed = ml_collections.ConfigDict(dict(
       initialization_timeout_s=300, heartbeat_timeout_s=100, shutdown_timeout_s=300))
   return c
@@ -101,18 +100,18 @@ def _eval(quick: bool, ablation: bool) -> ml_collections.ConfigDict:
   # takes its first N.
   # chat: a "none" cell of a marked model is its inferred mode (marker inference accuracy).
   tasks = dict(
-      chat=_task(kind="length", data="eval/validation.jsonl", limit=12 if quick else 64,
+      chat=_task(kind="length", data="eval/validation.jsonl", limit=12 if quick else 32,
                  settings=("none", "nl_instruction", "fixed:length_tokens")))
   if not ablation:
     tasks.update(
         likelihood=_task(kind="likelihood", data="eval/validation.jsonl",
-                         limit=24 if quick else 256,
+                         limit=24 if quick else 96,
                          settings=("none", "inferred", "fixed:domain,lang")),
         codegen=_task(kind="code", data="humaneval/humaneval_codegen.jsonl",
-                      limit=3 if quick else 20, max_new_tokens=256,
+                      limit=3 if quick else 10, max_new_tokens=256,
                       settings=("none", "fixed:task")),
         codefix=_task(kind="code", data="humaneval/humaneval_codefix.jsonl",
-                      limit=3 if quick else 20, max_new_tokens=256,
+                      limit=3 if quick else 10, max_new_tokens=256,
                       settings=("none", "fixed:task")))
   c.tasks = ml_collections.ConfigDict(tasks)
   c.judge = ml_collections.ConfigDict(dict(url="", model=""))  # No judge endpoint offline.
@@ -149,7 +148,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.variant = ",".join(names)
   # demo_data.build arguments; corpus_dir "" = the installed chatterbot-corpus package.
   c.build = ml_collections.ConfigDict(dict(
-      seed=0, val_fraction=0.1, humaneval_limit=3 if quick else 20, corpus_dir=""))
+      seed=0, val_fraction=0.1, humaneval_limit=3 if quick else 10, corpus_dir=""))
   c.eval_sample_seed = 0  # Order of the eval subsets (a hash of seed and id), never tuned.
   c.train = _train(quick)
   c.runs = _runs(ablation)

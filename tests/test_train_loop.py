@@ -103,6 +103,22 @@ def test_outputs_a_user_expects(reference):
   assert cfg.num_layers == 2 and cfg.vocab_size == 49152 and "lang" in tax.names
   assert info["step"] == 4 and info["tokenizer"]["kind"] == "hf"
   assert info["chat_template"] == "chatml"
+  # What the data pipeline read, skipped and truncated is logged with the metrics.
+  records = metrics(workdir)
+  assert records[4]["data/records"] >= records[2]["data/records"] >= 8
+
+
+def test_dropped_records_are_reported(caplog):
+  class Iterator:
+    def stats(self):
+      return {"a": {"records": 10, "skipped/overflow": 2, "truncated": 0},
+              "b": {"records": 5, "skipped/overflow": 1, "truncated": 3}}
+
+  assert loop._data_counts(Iterator()) == {"data/records": 15, "data/skipped/overflow": 3,
+                                           "data/truncated": 3}
+  with caplog.at_level("INFO"):
+    loop._report_data_counts(Iterator())
+  assert "15 records read; skipped/overflow=3, truncated=3" in caplog.text
 
 
 def _copy_with_steps(src, dst, steps):

@@ -101,10 +101,14 @@ def _train(cfg: ml_collections.ConfigDict, run: str, data_dir: str, out: str) ->
   last = loop.train(_train_config(cfg, run, data_dir), out)
   records = logging_lib.read_metrics(os.path.join(out, logging_lib.METRICS_FILE))
   keep = ("loss", "response_loss", "marker_loss", "marker_token_accuracy", "tokens")
-  pick = lambda rec: {k: rec[k] for k in keep if k in rec}  # noqa: E731
-  return {"steps": last.get("step"), "workdir": out,
-          "first": pick(records[0]) if records else {},
-          "last": pick(records[-1]) if records else {}}
+  # One step's loss on a few short rows is noisy: means over the first and last fifth of steps.
+  window = max(1, len(records) // 5)
+
+  def mean(recs):
+    return {k: sum(r[k] for r in recs) / len(recs) for k in keep
+            if recs and all(k in r for r in recs)}
+  return {"steps": last.get("step"), "workdir": out, "window": window,
+          "first": mean(records[:window]), "last": mean(records[-window:])}
 
 
 def _sweep_config(cfg: ml_collections.ConfigDict, runs: Sequence[summary_lib.RunInfo],

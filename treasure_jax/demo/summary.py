@@ -137,13 +137,14 @@ def sizes_table(sizes: Mapping[str, tuple[str, str]]) -> list[str]:
 
 
 def training_table(train: Mapping[str, Mapping[str, Any]]) -> list[str]:
-  """Per run: steps, first → last loss (all / response / marker tokens)."""
+  """Per run: steps, loss (all / response / marker tokens), mean of the first → last steps."""
   def pair(rec: Mapping[str, Any], key: str) -> str:
     first, last = (rec.get("first") or {}).get(key), (rec.get("last") or {}).get(key)
     return "n/a" if first is None or last is None else f"{first:.3f} → {last:.3f}"
-  rows = [[name, rec.get("steps"), pair(rec, "loss"), pair(rec, "response_loss"),
-           pair(rec, "marker_loss")] for name, rec in train.items()]
-  return _md_table(["run", "steps", "loss", "response loss", "marker-list loss"], rows)
+  rows = [[name, rec.get("steps"), rec.get("window", 1), pair(rec, "loss"),
+           pair(rec, "response_loss"), pair(rec, "marker_loss")] for name, rec in train.items()]
+  return _md_table(["run", "steps", "mean over (first → last) steps", "loss", "response loss",
+                    "marker-list loss"], rows)
 
 
 def timing_table(records: Sequence[Any]) -> list[str]:

@@ -125,6 +125,7 @@ def _loop(run: config_loader.RunConfig, model: setup_lib.Model, data: setup_lib.
           record.update(m, **_evaluate(run, eval_fn, train_state, data, model))
           window.pause()
         if record:
+          record.update(_data_counts(data.train))
           logger.write(done, record)
           last.update(record)  # Keeps the latest "eval/..." values between validations.
         logger.progress(done, {**m, **window.rates(flops, peak)})
@@ -138,7 +139,31 @@ def _loop(run: config_loader.RunConfig, model: setup_lib.Model, data: setup_lib.
           break
   finally:
     logger.close()
+    _report_data_counts(data.train)
   return {**last, "step": done}
+
+
+def _data_counts(iterator: Any) -> dict[str, float]:
+  """This process's records read, skipped (by reason) and truncated so far, summed over tasks:
+  {"data/records": n, "data/skipped/overflow": n, "data/truncated": n}."""
+  out: dict[str, float] = {}
+  for counts in iterator.stats().values():
+    for key, n in counts.items():
+      out[f"data/{key}"] = out.get(f"data/{key}", 0) + float(n)
+  return out
+
+
+def _report_data_counts(iterator: Any) -> None:
+  """Says what the data pipeline dropped or cut, never silently (a warning when it did)."""
+  counts = _data_counts(iterator)
+  lost = {k: int(v) for k, v in counts.items() if ("skipped" in k or "truncated" in k) and v}
+  read = int(sum(v for k, v in counts.items() if k.endswith("/records")))
+  if lost:
+    logging.warning("data (process %d): %d records read; %s", jax.process_index(), read,
+                    ", ".join(f"{k.removeprefix('data/')}={v}" for k, v in sorted(lost.items())))
+  else:
+    logging.info("data (process %d): %d records read, none skipped or truncated",
+                 jax.process_index(), read)
 
 
 class _Window:
