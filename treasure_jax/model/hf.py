@@ -183,7 +183,7 @@ def _place(var: nnx.Variable, entries: list[_Entry], host: _HostTensor,
            plan: sharding.Plan | None) -> jax.Array:
   axes = var.get_metadata().get("out_sharding")
   if plan is None:
-    target = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   else:
     target = plan.sharding(axes, var.shape)
   if entries[0].layer is None:

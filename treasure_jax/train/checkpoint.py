@@ -206,7 +206,7 @@ def _restore_params(manager: ocp.CheckpointManager, step: int, cfg: model_config
   plan = None if mesh is None else sharding_lib.Plan.create(mesh, rules)
   graphdef, abstract_params = state_lib.split_model(transformer.abstract_model(cfg, plan))
   if plan is None:
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # Addressable on any host.
     shardings = jax.tree.map(lambda _: device, abstract_params)
   else:
     shardings = sharding_lib.state_shardings(abstract_params, plan.mesh, plan.rules)

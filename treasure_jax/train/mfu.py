@@ -53,7 +53,7 @@ def measure_matmul_peak(dtype: str = "float32", size: int = 1024, seconds: float
   On CPU one device's matmul already uses every core (XLA's intra-op thread pool), so this is
   the machine's peak whatever the number of simulated devices.
   """
-  device = jax.devices()[0]
+  device = jax.local_devices()[0]
   a = jax.device_put(jnp.ones((size, size), dtype), device)
   matmul = jax.jit(lambda x, y: x @ y)
   matmul(a, a).block_until_ready()
@@ -68,7 +68,7 @@ def measure_matmul_peak(dtype: str = "float32", size: int = 1024, seconds: float
 
 def peak_flops(dtype: str = "bfloat16") -> tuple[float, str]:
   """(peak FLOP/s of one device, where the number comes from)."""
-  device = jax.devices()[0]
+  device = jax.local_devices()[0]
   if device.platform == "cpu":
     peak = measure_matmul_peak(dtype)
     return peak, f"measured {dtype} 1024x1024 matmul on this CPU: {peak / 1e9:.1f} GFLOP/s"
@@ -87,7 +87,7 @@ def total_peak(peak_per_device: float) -> float:
   Simulated CPU devices share one machine's cores, and `measure_matmul_peak` already measured
   all of them, so on CPU each process (assumed to own its host) counts once.
   """
-  if jax.devices()[0].platform == "cpu":
+  if jax.local_devices()[0].platform == "cpu":
     return peak_per_device * jax.process_count()
   return peak_per_device * jax.device_count()
 
