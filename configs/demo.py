@@ -12,25 +12,29 @@ Variants (comma-separated, e.g. `quick,ablation`):
                   only marker inference and length control are evaluated.
   ablation_pd0, ablation_pd07   one marked model with that p_d (compare with the main demo's
                   `markers` run, same budget).
-Hardware: CPU, 2 cores, float32, no accelerator; peak memory ~10 GiB (RSS).
+Hardware: CPU, 2 cores, float32, no accelerator; peak memory 10 GiB (quick) to 13.4 GiB (RSS).
   quick  train 2 x 12 steps of 4 unpacked rows of 256 tokens (48 examples each run); eval 12
          chat prompts x (2 baseline + 3 marked settings), 24 likelihood examples x (1 + 3)
          settings, 3 CodeGeneration + 3 CodeFix problems x (1 + 2) settings. Measured on the
          2-core machine (shared with a test run): 15 min 7 s wall, 1,153 CPU-s; training
          217 + 139 s, evaluation 535 s, data 9 s.
   full   train 2 x 60 steps of 8 rows (480 examples each run); eval 32 chat prompts, 96
-         likelihood examples, 10 + 10 code problems. Estimated from the quick run's stage
-         times: ~1 h on 2 cores (figures measured: README, "treasure-jax demo").
+         likelihood examples, 10 + 10 code problems. Measured on the same machine (shared
+         with a test run and benchmarks for about half of it): 1 h 7 min 56 s wall, 5,427
+         CPU-s, 13.4 GiB peak RSS; training 1,590 + 1,534 s, evaluation 914 s. Its results:
+         README, "treasure-jax demo".
 Produces: in the workdir, data/ (the demo set, its marker statistics, the eval subsets),
   train/<run>/ (checkpoints, metrics.jsonl), eval/ (sweep cells, eval/report/report.md),
   stages/ (one file per finished stage) and report.md: the summary table next to the paper's
   figures, with the sizes that differ from the paper stated.
 
-Rows are unpacked (one example per row) so both runs see exactly the same examples at every
-step; a marked example is ~85 tokens longer (its completion-side list), so 256 positions hold
-~90% of them whole and the rest lose the end of their response ("truncate").
-on_bad_record="skip": data.preprocessors currently rejects the demo set's multi-turn chats
-(messages ending with the assistant's answer, ~20% of the set); both runs skip the same ones.
+Rows are unpacked (one example per row) so both runs read the same examples in the same order;
+a marked example is ~85 tokens longer (its completion-side list), so 256 positions hold ~90% of
+them whole and the rest lose the end of their response ("truncate"). An example whose prompt
+alone fills the 256 positions (long multi-turn chats) is skipped and counted; the trainer logs
+the counts (full run, records read including the read-ahead: baseline 38 skipped and 10
+truncated of 1,536, markers 31 and 108): marker lists change lengths, so the two runs' rows can
+differ in those few examples.
 """
 import ml_collections
 
