@@ -13,8 +13,9 @@ Memory (formula, `python benchmarks/memory_plan.py configs/smollm2_135m.py --tar
   ~38 GiB on one H100: 1.5 GiB parameters + AdamW state, 0.5 GiB gradients, 25.3 GiB saved
   activations (remat "none", 32 rows of 512), 9 GiB float32 logits; remat "full" or a smaller
   batch with grad_accum_steps for a 24-40 GiB GPU. Throughput (formula, 35% MFU assumed):
-  ~380,000 tokens/s on one H100, about 45 s for the 1,000 steps. Measured on the 2-core CPU
-  (`benchmarks/train_step.py`, 4 x 256 tokens, float32): 63.5 tokens/s, 2.5x transformers.
+  ~380,000 tokens/s on one H100, about 45 s for the 1,000 steps. Measured on the idle 2-core
+  CPU (`benchmarks/train_step.py --dtype float32`, 4 x 256 tokens): 130 tokens/s, 7.9 s a
+  step, 34% MFU (transformers: 177 tokens/s).
 Produces: in the workdir, metrics.jsonl (loss, marker/response loss, marker-token accuracy, lr,
   grad norm, tokens/s, MFU per 10 steps), validation loss overall and per marker slice (head and
   long-tail values) every 200 steps, TensorBoard events, config.json, taxonomy.json and
