@@ -36,7 +36,7 @@ CHAT = [{"role": "system", "content": "Réponds brièvement."},
 
 def tiny_tokenizer_fields() -> dict[str, object]:
   """A byte-level BPE vocabulary: the 256 byte symbols, three control tokens, two merges."""
-  alphabet = list(gguf_tokenizer._bytes_to_unicode().values())  # pylint: disable=protected-access
+  alphabet = list(gguf_tokenizer.bytes_to_unicode().values())
   tokens = SPECIALS + alphabet + ["Ġt", "Ġth"]
   return {"tokens": tokens, "types": [3, 3, 3] + [1] * (len(tokens) - 3),
           "merges": ["Ġ t", "Ġt h"]}

@@ -32,6 +32,7 @@ import numpy as np
 
 from treasure_jax.decode import grammar
 from treasure_jax.markers import taxonomy as taxonomy_lib
+from treasure_jax.model import gguf_tokenizer
 
 _UNREACHABLE = np.iinfo(np.int32).max // 2
 
@@ -58,7 +59,7 @@ def _hf_token_bytes(tokenizer: Any) -> list[bytes | None]:
   byte_level = '"ByteLevel"' in decoder
   metaspace = "\u2581" in decoder or '"Metaspace"' in decoder
   byte_fallback = '"ByteFallback"' in decoder
-  inverse = {c: b for b, c in _gpt2_byte_chars().items()}
+  inverse = {c: b for b, c in gguf_tokenizer.bytes_to_unicode().items()}
   size = tokenizer.get_vocab_size(with_added_tokens=True)
   out: list[bytes | None] = [None] * size
   added = tokenizer.get_added_tokens_decoder()
@@ -85,19 +86,6 @@ def _sentencepiece_token_bytes(sp: Any) -> list[bytes | None]:
     else:
       out.append(piece.replace("\u2581", " ").encode("utf-8"))
   return out
-
-
-def _gpt2_byte_chars() -> dict[int, str]:
-  """GPT-2's byte -> printable character map (the alphabet of byte-level BPE vocabularies)."""
-  printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-               + list(range(ord("®"), ord("ÿ") + 1)))
-  chars, extra = list(printable), 0
-  for b in range(256):
-    if b not in printable:
-      printable.append(b)
-      chars.append(256 + extra)
-      extra += 1
-  return dict(zip(printable, map(chr, chars)))
 
 
 @flax.struct.dataclass

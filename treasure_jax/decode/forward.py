@@ -76,15 +76,7 @@ def forward(model: transformer.Transformer, tokens_BT: jax.Array, cache: Cache,
                                     plan=plan, kv=view)
     new_k.append(k_BSKH)
     new_v.append(v_BSKH)
-  x_BTD = model.final_norm(x_BTD)
-  if model.lm_head is None:
-    logits_BTV = model.embedder.decode(x_BTD)
-  else:
-    logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, model.lm_head.kernel[...].astype(x_BTD.dtype),
-                            preferred_element_type=jnp.float32)
-  if cfg.final_logit_softcap is not None:
-    logits_BTV = jnp.tanh(logits_BTV / cfg.final_logit_softcap) * cfg.final_logit_softcap
-  logits_BTV = sharding.constrain(logits_BTV, ("batch", "seq", "vocab"), plan)
+  logits_BTV = model.logits(x_BTD)
   end_B = cache.end_B + jnp.sum(segment_ids_BT != 0, axis=1, dtype=jnp.int32)
   return logits_BTV, Cache(tuple(new_k), tuple(new_v), positions_BS, segment_ids_BS, end_B)
 

@@ -29,42 +29,20 @@ _ELEMENT_BYTES = re.compile(rb" <([A-Za-z0-9_]+)> ([^<]*?) </\1>")
 
 
 @dataclasses.dataclass(frozen=True)
-class Inferred:
-  name = "inferred"
+class Mode:
+  """One of KINDS (`name`) with its validated user markers; build it with `make`."""
+  name: str = "inferred"
   markers: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   force_prefix: bool = False
-  constrained = False
-  parses = True
 
+  @property
+  def constrained(self) -> bool:
+    return self.name == "constrained"
 
-@dataclasses.dataclass(frozen=True)
-class Fixed:
-  name = "fixed"
-  markers: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  force_prefix: bool = False
-  constrained = False
-  parses = True
-
-
-@dataclasses.dataclass(frozen=True)
-class Constrained:
-  name = "constrained"
-  markers: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  force_prefix: bool = False
-  constrained = True
-  parses = True
-
-
-@dataclasses.dataclass(frozen=True)
-class NoMarkers:
-  name = "none"
-  markers: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  force_prefix: bool = False
-  constrained = False
-  parses = False
-
-
-Mode = Inferred | Fixed | Constrained | NoMarkers
+  @property
+  def parses(self) -> bool:
+    """Whether the completion carries a marker list to read back."""
+    return self.name != "none"
 
 
 def make(kind: str, markers: Mapping[str, Any] | None, tax: taxonomy_lib.Taxonomy, *,
@@ -76,14 +54,11 @@ def make(kind: str, markers: Mapping[str, Any] | None, tax: taxonomy_lib.Taxonom
     raise taxonomy_lib.MarkerError(
         f"mode {kind!r} takes no markers (got {sorted(markers)}); use mode 'fixed' or "
         "'constrained'")
-  if kind == "inferred":
-    return Inferred()
-  if kind == "none":
-    return NoMarkers()
   if kind not in KINDS:
     raise ValueError(f"unknown marker mode {kind!r}; known: {', '.join(KINDS)}")
-  cls = Fixed if kind == "fixed" else Constrained
-  return cls(markers=tax.validate(markers), force_prefix=force_prefix)
+  if kind in ("inferred", "none"):
+    return Mode(kind)
+  return Mode(kind, tax.validate(markers), force_prefix)
 
 
 def prompt_text(mode: Mode, prompt: str, tax: taxonomy_lib.Taxonomy) -> str:

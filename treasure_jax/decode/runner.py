@@ -28,7 +28,7 @@ from treasure_jax.markers import taxonomy as taxonomy_lib
 class Request:
   """One prompt and how to decode it."""
   prompt: str
-  mode: modes.Mode = modes.Inferred()
+  mode: modes.Mode = modes.Mode()
   id: Any = None
 
 

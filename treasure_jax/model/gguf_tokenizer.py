@@ -68,7 +68,7 @@ def build_tokenizer(metadata: Mapping[str, Any], source: str = "<gguf>") -> toke
   # Control (<|im_end|>) and user-defined (<think>) tokens are matched whole, never split by BPE.
   # One whose stored spelling leaves the byte alphabet is a llama.cpp mislabel: skipped, as
   # transformers does, since its text would not be the token's bytes.
-  alphabet = set(_bytes_to_unicode().values())
+  alphabet = set(bytes_to_unicode().values())
   added = [(t, ty) for t, ty in zip(raw_tokens, types) if set(t) <= alphabet]
   tok.add_special_tokens([tokenizers.AddedToken(t, normalized=False, special=True)
                           for t, ty in added if ty == _CONTROL])
@@ -145,13 +145,13 @@ def _post_processor(metadata: Mapping[str, Any], tokens: list[str]) -> processor
 
 def _byte_level_spellings(tokens: list[str]) -> list[str]:
   """Tokens as the byte-level alphabet spells them; a few files store some as raw text."""
-  mapping = _bytes_to_unicode()
+  mapping = bytes_to_unicode()
   alphabet = set(mapping.values())
   return [t if set(t) <= alphabet else "".join(mapping[b] for b in t.encode("utf-8"))
           for t in tokens]
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
   """GPT-2's reversible byte -> printable character map used by byte-level BPE vocabularies."""
   printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
                + list(range(ord("®"), ord("ÿ") + 1)))

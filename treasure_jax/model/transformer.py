@@ -160,6 +160,16 @@ class Transformer(nnx.Module):
       kv_L = (cache.k_LBSKH, cache.v_LBSKH)
     run = self._scan_layers if cfg.scan_layers else self._loop_layers
     x_BTD, kv = run(x_BTD, positions_BT, segment_ids_BT, view, kv_L)
+    logits_BTV = self.logits(x_BTD)
+    if cache is None:
+      return logits_BTV, None
+    new_cache = Cache(kv[0], kv[1], view.positions_BS, view.segment_ids_BS,
+                      cache.end_B + jnp.sum(segment_ids_BT != 0, axis=1, dtype=jnp.int32))
+    return logits_BTV, new_cache
+
+  def logits(self, x_BTD: jax.Array) -> jax.Array:
+    """The head: final norm, output projection (tied or not), soft-capping; float32 logits."""
+    cfg = self.cfg
     x_BTD = self.final_norm(x_BTD)
     if self.lm_head is None:
       logits_BTV = self.embedder.decode(x_BTD)
@@ -168,12 +178,7 @@ class Transformer(nnx.Module):
                               preferred_element_type=jnp.float32)
     if cfg.final_logit_softcap is not None:
       logits_BTV = jnp.tanh(logits_BTV / cfg.final_logit_softcap) * cfg.final_logit_softcap
-    logits_BTV = sharding.constrain(logits_BTV, ("batch", "seq", "vocab"), plan)
-    if cache is None:
-      return logits_BTV, None
-    new_cache = Cache(kv[0], kv[1], view.positions_BS, view.segment_ids_BS,
-                      cache.end_B + jnp.sum(segment_ids_BT != 0, axis=1, dtype=jnp.int32))
-    return logits_BTV, new_cache
+    return sharding.constrain(logits_BTV, ("batch", "seq", "vocab"), self.plan)
 
   def _block_fn(self, graphdef: nnx.GraphDef, window: int | None):
     """Pure (state, x, positions, segment_ids, view) -> (x, kv) of one block, rematerialized."""
