@@ -52,6 +52,8 @@ _PIECES = list("<>/ \nab_") + ["<MARKER_LIST>", "</MARKER_LIST>", "<domain>", "<
 
 
 @hypothesis.given(st.one_of(st.text(), st.lists(st.sampled_from(_PIECES)).map("".join)))
+@hypothesis.example("<MARKER_LIST><MARKER_LIST>b</MARKER_LIST>")  # Once lost the "b".
+@hypothesis.example("<MARKER_LIST><MARKER_LIST>x</MARKER_LIST></MARKER_LIST>")
 @hypothesis.settings(max_examples=500, deadline=None)
 def test_parse_of_arbitrary_text_never_raises_and_keeps_non_list_text(text):
   parsed = template.parse_completion(text, TAX)

@@ -27,12 +27,15 @@ LIST_OPEN = "<MARKER_LIST>"
 LIST_CLOSE = "</MARKER_LIST>"
 SEPARATOR = "\n"
 
-_ELEMENT = re.compile(r"\s*<([A-Za-z0-9_]+)>\s*([^<]*?)\s*</\1>")
+# An element's tag is any name but the list's own (`<MARKER_LIST>x</MARKER_LIST>` nested in a
+# list is not an element: it would swallow the list's closing tag).
+_NAME = r"(?!" + re.escape(LIST_OPEN[1:]) + r")([A-Za-z0-9_]+)"
+_ELEMENT = re.compile(r"\s*<" + _NAME + r">\s*([^<]*?)\s*</\1>")
 _CLOSE = re.compile(r"\s*" + re.escape(LIST_CLOSE))
 # What a list cut off at the end of the output looks like: a partial element or closing tag.
 _TRUNCATED_TAIL = re.compile(r"\s*(<[A-Za-z0-9_/]*(>[^<]*(<(/[A-Za-z0-9_]*)?)?)?)?\Z")
 _WELL_FORMED_LIST = re.compile(
-    re.escape(LIST_OPEN) + r"(?:\s*<([A-Za-z0-9_]+)>[^<]*</\1>)*\s*" + re.escape(LIST_CLOSE)
+    re.escape(LIST_OPEN) + r"(?:\s*<" + _NAME + r">[^<]*</\1>)*\s*" + re.escape(LIST_CLOSE)
     + "(?:" + re.escape(SEPARATOR) + ")?")
 
 
