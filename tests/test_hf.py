@@ -16,7 +16,7 @@ from treasure_jax.model import sharding
 from treasure_jax.model import transformer
 
 TINY = config.preset("tiny", dtype="float32")
-_RUNTIME = ("param_dtype", "dtype", "remat", "scan_layers", "attention_impl")
+_RUNTIME = ("param_dtype", "dtype", "remat", "scan_layers", "attention_impl", "fuse_projections")
 
 
 def _tensors(cfg: config.ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:

@@ -187,10 +187,10 @@ def plain_logits_and_grads():
 
 
 @pytest.mark.parametrize("changes", [
-    dict(remat="minimal"), dict(scan_layers=True, remat="full"),
+    dict(remat="minimal"), dict(scan_layers=True, remat="full"), dict(fuse_projections=False),
     pytest.param(dict(remat="dots_saveable"), marks=pytest.mark.slow),
     pytest.param(dict(scan_layers=True), marks=pytest.mark.slow)],
-    ids=["minimal", "scan_full", "dots_saveable", "scan"])
+    ids=["minimal", "scan_full", "unfused", "dots_saveable", "scan"])
 def test_remat_and_scan_match_plain_logits_and_grads(changes, plain_logits_and_grads):
   tokens, (logits, grads) = plain_logits_and_grads
   variant_logits, variant_grads = _logits_and_grads(numpy_model(TINY, seed=4, **changes), tokens)

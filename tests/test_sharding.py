@@ -9,6 +9,7 @@ from jax.sharding import PartitionSpec as P
 
 from treasure_jax.model import config
 from treasure_jax.model import hf
+from treasure_jax.model import layers
 from treasure_jax.model import sharding
 from treasure_jax.model import transformer
 
@@ -66,6 +67,16 @@ def reference():
   model = _numpy_model(TINY)
   return model, tokens, segments, np.asarray(jax.jit(lambda m, t, s: m(t, None, s)[0])(
       model, tokens, segments))
+
+
+def test_projections_fuse_unless_the_plan_splits_heads_or_mlp(mesh):
+  fsdp, tp = sharding.Plan.create(mesh, "fsdp"), sharding.Plan.create(mesh, "fsdp_tp")
+  assert fsdp.splits("embed") and not fsdp.splits("heads") and tp.splits("heads")
+  assert layers.fuse(TINY, None, "heads") and layers.fuse(TINY, fsdp, "heads", "kv_heads")
+  assert not layers.fuse(TINY, tp, "heads", "kv_heads") and not layers.fuse(TINY, tp, "mlp")
+  assert not layers.fuse(TINY.replace(fuse_projections=False), fsdp, "mlp")
+  one_way = sharding.make_mesh(sharding.MeshConfig((8, 1, 1), "fsdp_tp"))
+  assert layers.fuse(TINY, sharding.Plan.create(one_way, "fsdp_tp"), "heads")  # tensor size 1
 
 
 @pytest.mark.parametrize("preset", ["dp", "fsdp", "fsdp_tp"])

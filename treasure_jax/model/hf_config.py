@@ -161,8 +161,7 @@ def config_to_hf(cfg: config_lib.ModelConfig) -> dict[str, Any]:
 
 
 def _check_round_trip(cfg: config_lib.ModelConfig, hf: Mapping[str, Any]) -> None:
-  runtime = ("param_dtype", "dtype", "remat", "scan_layers", "attention_impl")
-  back = config_from_hf(hf, **{k: getattr(cfg, k) for k in runtime})
+  back = config_from_hf(hf, **{k: getattr(cfg, k) for k in config_lib.EXECUTION_FIELDS})
   for f in dataclasses.fields(cfg):
     ours, theirs = getattr(cfg, f.name), getattr(back, f.name)
     if f.name in ("attention_pattern", "sliding_window"):  # Per layer: ("local",) == 2x"local".

@@ -67,6 +67,30 @@ class Linear(nnx.Module):
     return y
 
 
+def project_together(x: jax.Array, linears: Sequence[Linear]) -> list[jax.Array]:
+  """`[lin(x) for lin in linears]` as one matmul: the kernels (same input shape, any output
+  shapes) are concatenated along their flattened outputs for this call only."""
+  first = linears[0]
+  in_shape = first.kernel.shape[:first.n_in]
+  out_shapes = [lin.kernel.shape[lin.n_in:] for lin in linears]
+  kernels = [lin.kernel[...].astype(lin.dtype).reshape(in_shape + (math.prod(shape),))
+             for lin, shape in zip(linears, out_shapes)]
+  y = jnp.tensordot(x.astype(first.dtype), jnp.concatenate(kernels, axis=-1), axes=first.n_in)
+  sizes = np.cumsum([math.prod(shape) for shape in out_shapes])[:-1]
+  outs = []
+  for lin, shape, part in zip(linears, out_shapes, jnp.split(y, sizes, axis=-1)):
+    part = part.reshape(part.shape[:-1] + shape)
+    outs.append(part if lin.bias is None else part + lin.bias[...].astype(lin.dtype))
+  return outs
+
+
+def fuse(cfg: config_lib.ModelConfig, plan: sharding.Plan | None, *logical_axes: str) -> bool:
+  """Whether projections sharing an input run as one matmul (`cfg.fuse_projections`): not
+  where the plan splits their output axes over the mesh (tensor parallelism)."""
+  return cfg.fuse_projections and (plan is None or
+                                   not any(plan.splits(axis) for axis in logical_axes))
+
+
 class Embedder(nnx.Module):
   """Token embedding [V, D]; also the output projection when embeddings are tied."""
 
@@ -139,9 +163,14 @@ class Attention(nnx.Module):
     """Returns out_BTD and, on the cached path, the updated (k_BSKH, v_BSKH) of this layer."""
     inv_freq = rope_inv_freq(self.cfg)  # numpy: a trace-time constant.
     name = ad_checkpoint.checkpoint_name
-    q_BTNH = apply_rope(name(self.q_proj(x_BTD), "q_proj"), positions_BT, inv_freq)
-    k_BTKH = apply_rope(name(self.k_proj(x_BTD), "k_proj"), positions_BT, inv_freq)
-    v_BTKH = name(self.v_proj(x_BTD), "v_proj")
+    projections = (self.q_proj, self.k_proj, self.v_proj)
+    if fuse(self.cfg, plan, "heads", "kv_heads"):
+      q_BTNH, k_BTKH, v_BTKH = project_together(x_BTD, projections)
+    else:
+      q_BTNH, k_BTKH, v_BTKH = (proj(x_BTD) for proj in projections)
+    q_BTNH = apply_rope(name(q_BTNH, "q_proj"), positions_BT, inv_freq)
+    k_BTKH = apply_rope(name(k_BTKH, "k_proj"), positions_BT, inv_freq)
+    v_BTKH = name(v_BTKH, "v_proj")
     q_BTNH = sharding.constrain(q_BTNH, ("batch", "seq", "heads", "head_dim"), plan)
     k_BTKH = sharding.constrain(k_BTKH, ("batch", "seq", "kv_heads", "head_dim"), plan)
     v_BTKH = sharding.constrain(v_BTKH, ("batch", "seq", "kv_heads", "head_dim"), plan)
@@ -188,10 +217,15 @@ class MLP(nnx.Module):
     self.up_proj = Linear((d,), (f,), ("embed",), ("mlp",), use_bias=False, cfg=cfg, rngs=rngs)
     self.down_proj = Linear((f,), (d,), ("mlp",), ("embed",), use_bias=False, cfg=cfg, rngs=rngs)
     self.activation = cfg.activation
+    self.cfg = cfg
 
   def __call__(self, x_BTD: jax.Array, plan: sharding.Plan | None) -> jax.Array:
-    gate_BTF = ad_checkpoint.checkpoint_name(self.gate_proj(x_BTD), "gate_proj")
-    up_BTF = ad_checkpoint.checkpoint_name(self.up_proj(x_BTD), "up_proj")
+    if fuse(self.cfg, plan, "mlp"):
+      gate_BTF, up_BTF = project_together(x_BTD, (self.gate_proj, self.up_proj))
+    else:
+      gate_BTF, up_BTF = self.gate_proj(x_BTD), self.up_proj(x_BTD)
+    gate_BTF = ad_checkpoint.checkpoint_name(gate_BTF, "gate_proj")
+    up_BTF = ad_checkpoint.checkpoint_name(up_BTF, "up_proj")
     if self.activation == "silu":
       gate_BTF = jax.nn.silu(gate_BTF)
     else:

@@ -182,6 +182,12 @@ class Plan:
   def sharding(self, logical_axes: LogicalAxes, shape: Sequence[int]) -> NamedSharding:
     return logical_to_mesh_sharding(logical_axes, self.mesh, self.rules, shape)
 
+  def splits(self, logical_axis: str) -> bool:
+    """Whether `logical_axis` is sharded over mesh axes of total size > 1 under these rules."""
+    axes = dict(self.rules).get(logical_axis)
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(self.mesh.shape[a] for a in axes) > 1
+
 
 def constrain(x: jax.Array, logical_axes: LogicalAxes, plan: Plan | None) -> jax.Array:
   """`with_sharding_constraint` by logical names; a no-op without a plan (single device)."""

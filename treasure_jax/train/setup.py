@@ -44,7 +44,7 @@ from treasure_jax.train import state as state_lib
 from treasure_jax.train import validation
 
 # ModelConfig fields a config may set for an imported model; the rest come from its checkpoint.
-EXECUTION_FIELDS = ("param_dtype", "dtype", "remat", "scan_layers", "attention_impl")
+EXECUTION_FIELDS = model_config.EXECUTION_FIELDS
 
 
 def check_mesh(run: config_loader.RunConfig, mesh: jax.sharding.Mesh) -> None:
