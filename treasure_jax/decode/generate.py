@@ -99,7 +99,7 @@ def generate(model: transformer.Transformer, prompts: Sequence[Sequence[int]], *
       raise ValueError("generate: a constraint needs one start state per prompt")
     states_B = np.full((batch,), constraint.free, np.int32)
     states_B[:n] = start_states
-  graphdef, state = nnx.split(forward.unscanned(model))
+  graphdef, state = nnx.split(forward.for_decoding(model))
   static = _Static(graphdef, sampler, max_new_tokens, cache_len,
                    tuple(sorted(set(int(e) for e in eos_ids))))
   active_B = np.arange(batch) < n
@@ -153,8 +153,8 @@ def _run(static: _Static, state: nnx.State, tokens_BP: jax.Array, lengths_B: jax
   keys_B = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(seed), s))(seeds_B)
   cache = forward.init_cache(model, b, static.cache_len)
   seg_BP = (jnp.arange(p)[None, :] < lengths_B[:, None]).astype(jnp.int32)
-  logits_BPV, cache = forward.forward(model, tokens_BP, cache, seg_BP)
-  logits_BV = jnp.take_along_axis(logits_BPV, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
+  logits_B1V, cache = forward.forward(model, tokens_BP, cache, seg_BP, logits_at_B=lengths_B - 1)
+  logits_BV = logits_B1V[:, 0]
   carry = dict(
       step=jnp.int32(0), cache=cache, logits_BV=logits_BV,
       out_BN=jnp.zeros((b, n), jnp.int32), logprobs_BN=jnp.zeros((b, n), jnp.float32),
