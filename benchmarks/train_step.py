@@ -13,7 +13,9 @@ a PyTorch 1024x1024 matmul measured in the compute dtype on this machine; `mfu_v
 divides by JAX's own instead (on CPU, XLA does not use the AMX units PyTorch's oneDNN uses for
 bfloat16). FLOPs per token: `train.mfu.flops_per_token`. One JSON object per line; the last
 holds `speedup_vs_peer` (JAX tokens/s over PyTorch's) and `mfu` for the SmolLM2-135M config.
-Batches default small enough for a CPU; --dtype float32 runs both frameworks in float32.
+Batches default small enough for a CPU; --dtype float32 runs both frameworks in float32. The
+JAX child runs with mimalloc preloaded, as `treasure-jax train` does (`treasure_jax.allocator`;
+--allocator system for glibc's), the PyTorch child with glibc's malloc, which suits it better.
 """
 from __future__ import annotations
 
@@ -147,13 +149,24 @@ def _child(queue, fn_name, *args):
     queue.put({"error": f"{type(e).__name__}: {e}"})
 
 
-def _isolated(fn_name: str, *args) -> dict:
+def _isolated(fn_name: str, *args, preload: str | None = None) -> dict:
+  """fn_name(*args) in a spawned child, with `preload` in its LD_PRELOAD if given."""
   ctx = multiprocessing.get_context("spawn")
   queue = ctx.Queue()
-  proc = ctx.Process(target=_child, args=(queue, fn_name, *args))
-  proc.start()
+  saved = os.environ.get("LD_PRELOAD")
+  if preload:
+    os.environ["LD_PRELOAD"] = preload
+  try:
+    proc = ctx.Process(target=_child, args=(queue, fn_name, *args))
+    proc.start()
+  finally:
+    if saved is None:
+      os.environ.pop("LD_PRELOAD", None)
+    else:
+      os.environ["LD_PRELOAD"] = saved
   result = queue.get()
   proc.join()
+  result["allocator"] = "mimalloc" if preload else "system"
   return result
 
 
@@ -162,16 +175,23 @@ def main(argv: list[str]) -> None:
   p.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
   p.add_argument("--dtype", default="config", choices=("config", "float32", "bfloat16"),
                  help="compute dtype of both frameworks (default: each config's)")
+  p.add_argument("--allocator", default="mimalloc", choices=("mimalloc", "system"),
+                 help="host allocator of the JAX child (the trainer's default: mimalloc)")
   p.add_argument("--tiny_batch", type=int, default=8)
   p.add_argument("--tiny_seq_len", type=int, default=128)
   p.add_argument("--smollm2_batch", type=int, default=4)
   p.add_argument("--smollm2_seq_len", type=int, default=256)
   args = p.parse_args(argv)
   sys.path.insert(0, ROOT)
+  from treasure_jax import allocator
+  # Each framework with the host allocator it runs best with: JAX as `treasure-jax train`
+  # runs (mimalloc), PyTorch with glibc's (mimalloc slows its step, see `allocator`).
+  mimalloc = None if args.allocator == "system" else allocator.mimalloc_path()
   summary = {}
   for name, batch, seq_len in (("tiny", args.tiny_batch, args.tiny_seq_len),
                                ("smollm2_135m", args.smollm2_batch, args.smollm2_seq_len)):
-    jax_result = _isolated("_jax_step", name, args.dtype, batch, seq_len, args.steps)
+    jax_result = _isolated("_jax_step", name, args.dtype, batch, seq_len, args.steps,
+                           preload=mimalloc)
     torch_result = _isolated("_torch_step", name, args.dtype, batch, seq_len, args.steps)
     peak = max(jax_result.get("jax_matmul_peak", 0), torch_result.get("torch_matmul_peak", 0))
     tokens = batch * seq_len

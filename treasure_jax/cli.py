@@ -11,6 +11,8 @@ import argparse
 import json
 import sys
 
+from treasure_jax import allocator
+
 
 class UserError(Exception):
   """An error the user can fix; printed without a traceback."""
@@ -234,6 +236,8 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 
 _CONFIG_COMMANDS = ("train", "eval", "demo")
+# Commands that run XLA steps: started with mimalloc (see `allocator`).
+_JAX_COMMANDS = ("train", "eval", "demo", "generate")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(f"unrecognized arguments: {' '.join(u for u in unknown if u not in overrides)}")
   args.overrides = overrides
   try:
+    if argv is None and args.command in _JAX_COMMANDS:
+      allocator.exec_with_mimalloc()  # Returns if already preloaded, off or unavailable.
     args.func(args)
   except _user_error_types() as e:
     print(f"treasure-jax {args.command}: error: {e}", file=sys.stderr)
