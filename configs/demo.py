@@ -16,9 +16,9 @@ Hardware: CPU, 2 cores, float32, no accelerator; peak memory 10 GiB (quick) to 1
   quick  train 2 x 12 steps of 4 unpacked rows of 256 tokens (48 examples each run); eval 12
          chat prompts x (2 baseline + 3 marked settings), 24 likelihood examples x (1 + 3)
          settings, 3 CodeGeneration + 3 CodeFix problems x (1 + 2) settings. Measured on the
-         idle 2-core machine: 11 min 48 s wall, 1,162 CPU-s (15 min 7 s while a test run
-         shared the cores: training 217 + 139 s, evaluation 535 s, data 9 s); the same
-         figures in both runs.
+         idle 2-core machine: 10 min 12 s wall, 9.6 GiB peak RSS (11 min 48 s before the
+         fused projections and mimalloc; 15 min 7 s while a test run shared the cores:
+         training 217 + 139 s, evaluation 535 s, data 9 s); the same figures every run.
   full   train 2 x 60 steps of 8 rows (480 examples each run); eval 32 chat prompts, 96
          likelihood examples, 10 + 10 code problems. Measured on the same machine (shared
          with a test run and benchmarks for about half of it): 1 h 7 min 56 s wall, 5,427

@@ -14,8 +14,8 @@ Memory (formula, `python benchmarks/memory_plan.py configs/smollm2_135m.py --tar
   activations (remat "none", 32 rows of 512), 9 GiB float32 logits; remat "full" or a smaller
   batch with grad_accum_steps for a 24-40 GiB GPU. Throughput (formula, 35% MFU assumed):
   ~380,000 tokens/s on one H100, about 45 s for the 1,000 steps. Measured on the idle 2-core
-  CPU (`benchmarks/train_step.py --dtype float32`, 4 x 256 tokens): 130 tokens/s, 7.9 s a
-  step, 34% MFU (transformers: 177 tokens/s).
+  CPU (`benchmarks/train_step.py --dtype float32`, 4 x 256 tokens): 166-172 tokens/s, 6.0-6.2 s
+  a step, 41-45% MFU (transformers: 173-222 tokens/s).
 Produces: in the workdir, metrics.jsonl (loss, marker/response loss, marker-token accuracy, lr,
   grad norm, tokens/s, MFU per 10 steps), validation loss overall and per marker slice (head and
   long-tail values) every 200 steps, TensorBoard events, config.json, taxonomy.json and
