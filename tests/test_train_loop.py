@@ -108,6 +108,16 @@ def test_outputs_a_user_expects(reference):
   assert records[4]["data/records"] >= records[2]["data/records"] >= 8
 
 
+def test_step_bar_shows_unless_progress_is_off(tmp_path, capfd):
+  for progress in (True, False):
+    logger = logging_lib.RunLogger(str(tmp_path / str(progress)), total_steps=4, start_step=0,
+                                   progress=progress)
+    logger.progress(2, {"loss": 1.5, "tokens_per_s": 10.0})
+    logger.close()
+    err = capfd.readouterr().err
+    assert ("train:" in err and "2/4" in err and "loss=1.5" in err) == progress, err
+
+
 def test_dropped_records_are_reported(caplog):
   class Iterator:
     def stats(self):
@@ -168,7 +178,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_matches(reference, cache_dir, 
   _assert_same_steps(workdir, reference[0], (3, 4))
 
 
-def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(cache_dir, tmp_path):
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(cache_dir, tmp_path, capfd):
   workdir = str(tmp_path / "nan")
   config = tiny_config(cache_dir, **{"optim.peak_lr": 1e38, "optim.schedule": "constant",
                                      "optim.warmup_steps": 0, "checkpoint.every_steps": 1,
@@ -177,7 +187,8 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(cache_dir, tmp_
   # next step is NaN.
   with pytest.raises(loop.NonFiniteLossError, match=r"step \d+: the loss or the gradient norm is "
                                                     r"not finite.*last good checkpoint is step \d+"):
-    loop.train(config, workdir)
+    loop.train(config, workdir, progress=False)
+  assert "step/s" not in capfd.readouterr().err  # progress=False: no console step bar.
   records = metrics(workdir)
   bad = max(records)
   assert not (np.isfinite(records[bad]["loss"]) and np.isfinite(records[bad]["grad_norm"]))

@@ -115,7 +115,8 @@ def _train(args: argparse.Namespace) -> None:
                     ("process_id", "process_id")):
     if getattr(args, flag) is not None:
       overrides.append(f"--config.distributed.{key}={getattr(args, flag)}")
-  final = loop.train(config_loader.load(args.config, overrides), args.workdir)
+  final = loop.train(config_loader.load(args.config, overrides), args.workdir,
+                     progress=not args.no_progress)
   print(json.dumps(final, default=float))
 
 
@@ -126,6 +127,7 @@ def _add_train(sub) -> None:
   p.add_argument("--coordinator", help="multi-host: HOST:PORT of process 0")
   p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
   p.add_argument("--process-id", type=int, help="multi-host: this process's index")
+  p.add_argument("--no-progress", action="store_true", help="no console step bar")
   p.set_defaults(func=_train)
 
 

@@ -95,10 +95,11 @@ def _train_config(cfg: ml_collections.ConfigDict, run: str,
   return c
 
 
-def _train(cfg: ml_collections.ConfigDict, run: str, data_dir: str, out: str) -> dict[str, Any]:
+def _train(cfg: ml_collections.ConfigDict, run: str, data_dir: str, out: str,
+           progress: bool) -> dict[str, Any]:
   from treasure_jax.train import logging_lib  # pylint: disable=g-import-not-at-top
   from treasure_jax.train import loop  # pylint: disable=g-import-not-at-top
-  last = loop.train(_train_config(cfg, run, data_dir), out)
+  last = loop.train(_train_config(cfg, run, data_dir), out, progress=progress)
   records = logging_lib.read_metrics(os.path.join(out, logging_lib.METRICS_FILE))
   keep = ("loss", "response_loss", "marker_loss", "marker_token_accuracy", "tokens")
   # One step's loss on a few short rows is noisy: means over the first and last fifth of steps.
@@ -129,7 +130,8 @@ def _evaluate(cfg: ml_collections.ConfigDict, run: summary_lib.RunInfo, task: st
 
 
 def _stage_list(cfg: ml_collections.ConfigDict, workdir: str,
-                runs: Sequence[summary_lib.RunInfo]) -> list[stages.Stage]:
+                runs: Sequence[summary_lib.RunInfo], progress: bool = True
+                ) -> list[stages.Stage]:
   data_dir = os.path.join(workdir, "data")
   data_spec = {"build": cfg.build.to_dict()}
   out = [stages.Stage("data", data_spec, lambda: data_lib.build(data_dir, **cfg.build.to_dict())),
@@ -141,7 +143,8 @@ def _stage_list(cfg: ml_collections.ConfigDict, workdir: str,
     stage = stages.Stage(
         f"train/{r.name}", {"data": data_spec, "train": cfg.train.to_dict(),
                             "run": cfg.runs[r.name].to_dict()},
-        lambda r=r: _train(cfg, r.name, data_dir, os.path.join(workdir, "train", r.name)),
+        lambda r=r: _train(cfg, r.name, data_dir, os.path.join(workdir, "train", r.name),
+                           progress),
         guard=os.path.join(workdir, "train", r.name, "checkpoints"))
     train_digests[r.name] = stage.digest
     out.append(stage)
@@ -215,7 +218,7 @@ def run(workdir: str, *, quick: bool, config_overrides: Sequence[str] = (),
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   runs = _runs(cfg)
-  todo = _stage_list(cfg, workdir, runs)
+  todo = _stage_list(cfg, workdir, runs, progress)
   report_stage = stages.Stage("report", {"stages": [s.digest for s in todo]}, lambda: None)
   stages.check(workdir, todo + [report_stage])
   config_loader.write_json(cfg, os.path.join(workdir, "demo_config.json"))

@@ -39,8 +39,10 @@ class NonFiniteLossError(FloatingPointError):
   """The loss or gradient norm became NaN/Inf; the run stopped without saving that state."""
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          progress: bool = True) -> dict[str, Any]:
   """Trains as `config` says, in `workdir`, resuming from its latest checkpoint if any.
+  `progress=False` hides the console step bar (metrics are logged all the same).
 
   Returns the last logged metrics (with the latest validation metrics, "eval/...") and "step",
   the number of finished steps (less than num_train_steps after a SIGTERM).
@@ -60,7 +62,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   try:
     train_state = setup_lib.restore_or_init(run, model, manager, data)
     save = functools.partial(setup_lib.save, manager=manager, config=config, run=run, data=data)
-    return _loop(run, model, data, manager, save, train_state, workdir)
+    return _loop(run, model, data, manager, save, train_state, workdir, progress)
   finally:
     manager.wait_until_finished()
     manager.close()
@@ -96,12 +98,13 @@ def _flops_report(run: config_loader.RunConfig, logger: logging_lib.RunLogger
 
 
 def _loop(run: config_loader.RunConfig, model: setup_lib.Model, data: setup_lib.Data,
-          manager: Any, save: Any, train_state: Any, workdir: str) -> dict[str, Any]:
+          manager: Any, save: Any, train_state: Any, workdir: str,
+          progress: bool) -> dict[str, Any]:
   start, total = int(jax.device_get(train_state.step)), run.num_train_steps
   if start >= total:
     logging.info("checkpoint step %d >= num_train_steps=%d: nothing to train", start, total)
     return {"step": start}
-  logger = logging_lib.RunLogger(workdir, total_steps=total, start_step=start)
+  logger = logging_lib.RunLogger(workdir, total_steps=total, start_step=start, progress=progress)
   flops, peak = _flops_report(run, logger)
   train_fn, eval_fn = _compile_steps(run, model)
   last, done, window = {}, start, _Window()
