@@ -100,17 +100,10 @@ def _isolated(fn, *args, preload: str | None = None):
   LD_PRELOAD if given."""
   ctx = multiprocessing.get_context("spawn")
   queue = ctx.Queue()
-  saved = os.environ.get("LD_PRELOAD")
-  if preload:
-    os.environ["LD_PRELOAD"] = preload
-  try:
+  from treasure_jax import allocator
+  with allocator.preloading(preload):
     proc = ctx.Process(target=_child, args=(queue, fn, *args))
     proc.start()
-  finally:
-    if saved is None:
-      os.environ.pop("LD_PRELOAD", None)
-    else:
-      os.environ["LD_PRELOAD"] = saved
   result = queue.get()
   proc.join()
   if isinstance(result, Exception):

@@ -153,17 +153,10 @@ def _isolated(fn_name: str, *args, preload: str | None = None) -> dict:
   """fn_name(*args) in a spawned child, with `preload` in its LD_PRELOAD if given."""
   ctx = multiprocessing.get_context("spawn")
   queue = ctx.Queue()
-  saved = os.environ.get("LD_PRELOAD")
-  if preload:
-    os.environ["LD_PRELOAD"] = preload
-  try:
+  from treasure_jax import allocator
+  with allocator.preloading(preload):
     proc = ctx.Process(target=_child, args=(queue, fn_name, *args))
     proc.start()
-  finally:
-    if saved is None:
-      os.environ.pop("LD_PRELOAD", None)
-    else:
-      os.environ["LD_PRELOAD"] = saved
   result = queue.get()
   proc.join()
   result["allocator"] = "mimalloc" if preload else "system"

@@ -60,3 +60,16 @@ def test_jax_command_runs_under_mimalloc():
   assert out.returncode == 2
   assert "mimalloc: process init" in out.stderr
   assert "/nonexistent: neither a training checkpoint" in out.stderr
+
+
+def test_preloading_sets_and_restores_the_environment(monkeypatch):
+  monkeypatch.setenv("LD_PRELOAD", "/lib/other.so")
+  with allocator.preloading("/lib/mine.so"):
+    assert os.environ["LD_PRELOAD"] == "/lib/mine.so"
+  assert os.environ["LD_PRELOAD"] == "/lib/other.so"
+  monkeypatch.delenv("LD_PRELOAD")
+  with allocator.preloading(None):
+    assert "LD_PRELOAD" not in os.environ
+  with allocator.preloading("/lib/mine.so"):
+    pass
+  assert "LD_PRELOAD" not in os.environ

@@ -17,10 +17,12 @@ the command runs with the system allocator and says so at debug level.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import os
 import sys
+from typing import Iterator
 
 ENV = "TREASURE_JAX_MALLOC"
 CHOICES = ("mimalloc", "system")
@@ -66,3 +68,19 @@ def exec_with_mimalloc() -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+@contextlib.contextmanager
+def preloading(path: str | None) -> Iterator[None]:
+  """Within the block, LD_PRELOAD is `path` (unchanged if None): child processes started there
+  (e.g. multiprocessing "spawn") run with it; restored on exit."""
+  saved = os.environ.get("LD_PRELOAD")
+  if path:
+    os.environ["LD_PRELOAD"] = path
+  try:
+    yield
+  finally:
+    if saved is None:
+      os.environ.pop("LD_PRELOAD", None)
+    else:
+      os.environ["LD_PRELOAD"] = saved
