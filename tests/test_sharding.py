@@ -1,6 +1,8 @@
 """Tests of mesh construction, the rules table and sharded execution on the 8-device CPU mesh."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -72,11 +74,13 @@ def reference():
 def test_projections_fuse_unless_the_plan_splits_heads_or_mlp(mesh):
   fsdp, tp = sharding.Plan.create(mesh, "fsdp"), sharding.Plan.create(mesh, "fsdp_tp")
   assert fsdp.splits("embed") and not fsdp.splits("heads") and tp.splits("heads")
-  assert layers.fuse(TINY, None, "heads") and layers.fuse(TINY, fsdp, "heads", "kv_heads")
-  assert not layers.fuse(TINY, tp, "heads", "kv_heads") and not layers.fuse(TINY, tp, "mlp")
-  assert not layers.fuse(TINY.replace(fuse_projections=False), fsdp, "mlp")
+  fuse = functools.partial(layers.fuse, cached=False)
+  assert fuse(TINY, None, "heads") and fuse(TINY, fsdp, "heads", "kv_heads")
+  assert not fuse(TINY, tp, "heads", "kv_heads") and not fuse(TINY, tp, "mlp")
+  assert not fuse(TINY.replace(fuse_projections=False), fsdp, "mlp")
   one_way = sharding.make_mesh(sharding.MeshConfig((8, 1, 1), "fsdp_tp"))
-  assert layers.fuse(TINY, sharding.Plan.create(one_way, "fsdp_tp"), "heads")  # tensor size 1
+  assert fuse(TINY, sharding.Plan.create(one_way, "fsdp_tp"), "heads")  # tensor size 1
+  assert not layers.fuse(TINY, None, "heads", cached=True)  # The KV-cache path: unfused.
 
 
 @pytest.mark.parametrize("preset", ["dp", "fsdp", "fsdp_tp"])

@@ -87,18 +87,14 @@ def forward(model: transformer.Transformer, tokens_BT: jax.Array, cache: Cache,
 
 
 def for_decoding(model: transformer.Transformer) -> transformer.Transformer:
-  """The same weights laid out for the decode loop: per-layer parameters (no `scan_layers`
-  stack) and one matmul per projection (no `fuse_projections`: concatenating the kernels is a
-  per-call copy of the weights that a few rows per step do not repay; measured on SmolLM2-135M
-  CPU decoding, 148 vs 144 tokens/s at batch 16). No-op when neither is set."""
-  cfg = model.cfg
-  if not cfg.scan_layers and not cfg.fuse_projections:
+  """The same model with per-layer parameters (no-op unless `cfg.scan_layers`)."""
+  if not model.cfg.scan_layers:
     return model
-  decode_cfg = cfg.replace(scan_layers=False, fuse_projections=False)
-  graphdef, abstract = nnx.split(transformer.abstract_model(decode_cfg, model.plan))
+  cfg = model.cfg.replace(scan_layers=False)
+  graphdef, abstract = nnx.split(transformer.abstract_model(cfg, model.plan))
   leaves: dict[tuple[Any, ...], Any] = {}
   for path, var in nnx.to_flat_state(nnx.state(model)):
-    if path[0] == "layers" and cfg.scan_layers:
+    if path[0] == "layers":
       for i in range(cfg.num_layers):
         leaves[("layers", i) + tuple(path[1:])] = var.replace(var[...][i])
     else:

@@ -103,8 +103,7 @@ def logical_to_spec(logical_axes: LogicalAxes, rules: Rules, mesh: Mesh | None =
     if name not in table:
       raise ValueError(f"logical axis {name!r} is not in the sharding rules; known: "
                        f"{sorted(table)}")
-    axes = table[name]
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    axes = _as_tuple(table[name])
     kept = []
     for axis in axes:
       if axis in used:
@@ -117,6 +116,11 @@ def logical_to_spec(logical_axes: LogicalAxes, rules: Rules, mesh: Mesh | None =
     used.update(kept)
     entries.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
   return PartitionSpec(*entries)
+
+
+def _as_tuple(axes: MeshAxes) -> tuple[str, ...]:
+  """A rules-table entry (None, one mesh axis or several) as a tuple of mesh axes."""
+  return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
 
 
 def logical_to_mesh_sharding(logical_axes: LogicalAxes | None, mesh: Mesh, rules: Rules,
@@ -184,9 +188,7 @@ class Plan:
 
   def splits(self, logical_axis: str) -> bool:
     """Whether `logical_axis` is sharded over mesh axes of total size > 1 under these rules."""
-    axes = dict(self.rules).get(logical_axis)
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    return math.prod(self.mesh.shape[a] for a in axes) > 1
+    return math.prod(self.mesh.shape[a] for a in _as_tuple(dict(self.rules).get(logical_axis))) > 1
 
 
 def constrain(x: jax.Array, logical_axes: LogicalAxes, plan: Plan | None) -> jax.Array:
