@@ -62,13 +62,16 @@ def test_config_variants_build():
     demo.load_config(quick=False, config=f"{demo.default_config_path()}:fast")
 
 
-def test_interleave_by_language_covers_languages_first():
-  recs = [{"id": f"{lang}/{i}", "markers": {"lang": lang}}
-          for lang, n in (("English", 5), ("Thai", 1), ("French", 2)) for i in range(n)]
-  out = data_lib.interleave_by_language(recs, seed=0)
-  assert {r["markers"]["lang"] for r in out[:3]} == {"English", "Thai", "French"}
+def test_interleave_covers_tasks_then_languages_first():
+  recs = [{"id": f"{task}/{lang}/{i}", "markers": {"task": task, "lang": lang}}
+          for task, lang, n in (("OpenEnded", "English", 5), ("OpenEnded", "Thai", 1),
+                                ("OpenEnded", "French", 2), ("Translation", "French", 2))
+          for i in range(n)]
+  out = data_lib.interleave(recs, seed=0)
+  assert [r["markers"]["task"] for r in out[:4]] == ["OpenEnded", "Translation"] * 2
+  assert {r["markers"]["lang"] for r in out[:6:2]} == {"English", "Thai", "French"}
   assert sorted(r["id"] for r in out) == sorted(r["id"] for r in recs)
-  assert out == data_lib.interleave_by_language(list(reversed(recs)), seed=0)
+  assert out == data_lib.interleave(list(reversed(recs)), seed=0)
 
 
 def test_stage_spec_change_redoes_or_is_refused(tmp_path):

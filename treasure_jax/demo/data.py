@@ -4,11 +4,12 @@
 the training split (`marker_stats.json`, the long tail). `write_eval_subset` writes
 `data/eval/validation.jsonl`, what the evaluation tasks read: the single-turn examples of the
 validation split (a multi-turn chat has no separate reference response for the sweep's
-length targets and likelihoods) in a fixed order that takes one example per language in turn,
-each language's examples ordered by a hash of (seed, id). The validation file is sorted
-by id, i.e. by language, so its first N lines would all be one or two languages; this order
-makes the first N of any budget cover the languages evenly, tail languages included, and
-depends on nothing but the seed (no example is picked by its result).
+length targets and likelihoods) in a fixed order that takes one example per task in turn,
+each task's examples one per language in turn, each language's in (seed, id)-hash order. The
+validation file is sorted by id, i.e. by source and language, so its first N lines would all
+be one source; this order makes the first N of any budget cover the tasks and languages
+evenly, tail values included, and depends on nothing but the seed (no example is picked by
+its result).
 Building the set itself and the statistics are the annotate and markers packages' job.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import collections
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from treasure_jax.annotate import demo_data
@@ -32,13 +33,19 @@ def _hash(seed: int, key: str) -> str:
   return hashlib.sha256(f"{seed}\x1f{key}".encode("utf-8")).hexdigest()
 
 
-def interleave_by_language(records: Iterable[Mapping[str, Any]], seed: int) -> list[dict]:
-  """Round-robin over languages (by name), each language in (seed, id)-hash order."""
-  by_lang: dict[str, list[dict]] = collections.defaultdict(list)
-  for rec in records:
-    by_lang[str((rec.get("markers") or {}).get("lang", "-"))].append(dict(rec))
-  queues = [sorted(rows, key=lambda r: _hash(seed, str(r["id"])))
-            for _, rows in sorted(by_lang.items())]
+def interleave(records: Iterable[Mapping[str, Any]], seed: int,
+               keys: Sequence[str] = ("task", "lang")) -> list[dict]:
+  """Round-robin over the values of `keys[0]` (by name), each group interleaved by the rest.
+
+  The innermost groups are in (seed, id)-hash order; a record without a marker is in group "-".
+  """
+  recs = [dict(r) for r in records]
+  if not keys:
+    return sorted(recs, key=lambda r: _hash(seed, str(r["id"])))
+  groups: dict[str, list[dict]] = collections.defaultdict(list)
+  for rec in recs:
+    groups[str((rec.get("markers") or {}).get(keys[0], "-"))].append(rec)
+  queues = [interleave(rows, seed, keys[1:]) for _, rows in sorted(groups.items())]
   out = []
   for i in range(max((len(q) for q in queues), default=0)):
     out += [q[i] for q in queues if i < len(q)]
@@ -57,25 +64,36 @@ def write_eval_subset(data_dir: str, seed: int) -> dict[str, Any]:
   """Writes data/eval/validation.jsonl (see the module docstring); returns its counts."""
   validation = [r for _, r in stats.read_jsonl(os.path.join(data_dir, "validation.jsonl"))]
   single = [r for r in validation if "prompt" in r and "response" in r]
-  ordered = interleave_by_language(single, seed)
+  ordered = interleave(single, seed)
   os.makedirs(os.path.join(data_dir, os.path.dirname(EVAL_FILE)), exist_ok=True)
   _write_jsonl(os.path.join(data_dir, EVAL_FILE), ordered)
   return {"validation": len(validation), "single_turn": len(single),
-          "languages": len({str((r.get("markers") or {}).get("lang")) for r in single})}
+          "languages": len({str((r.get("markers") or {}).get("lang")) for r in single}),
+          "tasks": len({str((r.get("markers") or {}).get("task")) for r in single})}
 
 
 def build(data_dir: str, *, seed: int, val_fraction: float, humaneval_limit: int,
-          corpus_dir: str) -> dict[str, Any]:
-  """Builds everything into `data_dir`; returns a JSON-ready summary of the set."""
+          corpus_dir: str, sources: Sequence[str] = demo_data.SOURCES,
+          chatterbot_limit: int = 0, categories: Sequence[str] = ()) -> dict[str, Any]:
+  """Builds everything into `data_dir`; returns a JSON-ready summary of the set.
+
+  `chatterbot_limit` 0 keeps the whole corpus; `categories` () keeps every category.
+  """
+  sources = tuple(sources)
+  humaneval = humaneval_limit > 0
+  if not humaneval:
+    sources = tuple(s for s in sources if s != "humaneval_train")
   summary = demo_data.build(data_dir, seed=seed, val_fraction=val_fraction,
-                            corpus_dir=corpus_dir or None, humaneval=humaneval_limit > 0,
-                            humaneval_limit=humaneval_limit or None)
+                            corpus_dir=corpus_dir or None, humaneval=humaneval,
+                            humaneval_limit=humaneval_limit or None, sources=sources,
+                            chatterbot_limit=chatterbot_limit or None,
+                            categories=tuple(categories) or None)
   tax = taxonomy_lib.load(os.path.join(data_dir, "taxonomy.json"))
   table = stats.table_for_file(os.path.join(data_dir, "train.jsonl"), tax)
   stats.dump(table, os.path.join(data_dir, STATS_FILE))
   return {k: summary.get(k) for k in ("examples", "train", "validation", "corpus_languages",
                                        "topics", "rejects", "duplicates_dropped",
-                                       "tail_values")} | {
+                                       "tail_values", "sources")} | {
       "humaneval_problems": (summary.get("humaneval") or {}).get("problems", 0)}
 
 
