@@ -43,7 +43,6 @@ from treasure_jax.annotate import demo_data
 from treasure_jax.model import convert
 
 VARIANTS = ("quick", "ablation", "ablation_pd0", "ablation_pd07")
-CATEGORIES = ("length_tokens", "length_bucket", "task", "domain", "code_type", "format", "lang")
 
 
 def _task(**kw) -> ml_collections.ConfigDict:
@@ -158,7 +157,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # categories: what rides in the marker lists (the others are not annotated).
   c.build = ml_collections.ConfigDict(dict(
       seed=0, val_fraction=0.1, humaneval_limit=164, corpus_dir="",
-      sources=demo_data.SOURCES, chatterbot_limit=2000, categories=CATEGORIES))
+      sources=demo_data.SOURCES, chatterbot_limit=demo_data.CHATTERBOT_LIMIT,
+      categories=demo_data.CATEGORIES))
   c.eval_sample_seed = 0  # Order of the eval subsets (a hash of seed and id), never tuned.
   c.train = _train(quick)
   c.runs = _runs(ablation)

