@@ -58,7 +58,7 @@ def _cells() -> list[dict]:
 
 
 def test_report_tables_figures_and_pngs(tmp_path):
-  path = report.write(_cells(), str(tmp_path))
+  path = report.write(_cells(), str(tmp_path), baselines=("baseline",))
   text = open(path, encoding="utf-8").read()
   for heading in ("## Marker inference accuracy by category", "## Length violations by mode",
                   "## Judge win rate by mode", "## Reward-model win rate by mode",
@@ -68,12 +68,15 @@ def test_report_tables_figures_and_pngs(tmp_path):
   # Marker accuracy table: paper's categories first; baseline-none inferred 1 of 4 domains.
   assert "| cell | domain | task | format | lang | macro |" not in text  # Only measured ones.
   assert "| cell | domain | lang | macro |" in text
-  assert "| baseline-none | 25.0% | 100.0% | 62.5% |" in text
+  assert "| baseline-none | 25.0% [0.0, 75.0] n=4 | 100.0% [100.0, 100.0] n=4 | 62.5% |" in text
+  # Majority class of the training data (Medical): 2 of the 4 evaluated domains.
+  assert "| majority class of the training data | 50.0% [" in text
   # Length pivot: settings as columns in mode order; 1 of 4 responses within 10 words.
   assert "|  | none | nl_instruction | inferred | fixed |" in text
-  assert "| baseline / alpaca_li | 75.0% | 75.0% | 50.0% | 50.0% |" in text
+  assert ("| baseline / alpaca_li | 75.0% [25.0, 100.0] n=4 | 75.0% [25.0, 100.0] n=4 | "
+          "50.0% [0.0, 100.0] n=4 | 50.0% [0.0, 100.0] n=4 |") in text
   # Only the CodeFix cell measured pass@1; the others are listed as n/a with the reason.
-  assert "|  | CodeFix |\n|---|---|\n| markers / fixed | 0.500 |\n" in text
+  assert "|  | CodeFix |\n|---|---|\n| markers / fixed | 0.500 [0.000, 1.000] n=4 |\n" in text
   # The paper's figures sit under the matching tables.
   for figure in ("Paper (marker inference accuracy at p_d = 0.5): domain 74.9%",
                  "length_tokens fixed 1.25%", "with markers 37.8%", "quality_bucket = 1 56.5%",
@@ -85,9 +88,17 @@ def test_report_tables_figures_and_pngs(tmp_path):
   assert "n/a (not measured): baseline-none, baseline-nl_instruction," in text
   assert "| markers / CodeFix |" not in text
   # Head vs tail: Legal (1 of 25 training examples, 4%) and the unseen Finance are tail.
-  assert "| baseline-none | domain | 2 / 2 | Legal, Finance | 50.0% / 0.0% |" in text
+  assert ("| baseline-none | domain | Legal, Finance | 50.0% [0.0, 100.0] n=2 | "
+          "0.0% [0.0, 0.0] n=2 |") in text
+  # Markers minus baseline on the same examples: every NLL is 0.25 nats lower, so the paired
+  # interval is that point; violations drop by one example of four.
+  assert ("| markers-none | baseline-none | nll (domain tail) | 1.500 [1.500, 1.500] n=2 | "
+          "1.750 [1.750, 1.750] n=2 | -0.250 [-0.250, -0.250] n=2 |") in text
+  assert "| markers-none | baseline-none | violation (all) |" in text
+  assert "-25.0 pts [" in text
   for name in ("marker_accuracy", "reliability", "length_violations", "length_error",
-               "judge_win", "reward_win", "pass_at_1", "nll_per_token", "head_tail"):
+               "length_scatter", "judge_win", "reward_win", "pass_at_1", "nll_per_token",
+               "head_tail"):
     png = tmp_path / f"{name}.png"
     assert png.read_bytes()[:8] == PNG_SIGNATURE, name
     height, width = mpimg.imread(str(png)).shape[:2]

@@ -99,6 +99,31 @@ def _summary(rows: Sequence[tuple[int, bool, float]]) -> dict[str, Any]:
           "mean_abs_rel_error": sum(abs(e) for _, _, e in rows) / n}
 
 
+def per_record(records: Sequence[Mapping], *,
+               count_words: Callable[[str], int] | None = None,
+               cuts: tuple[int, int] | None = None) -> list[dict[str, Any] | None]:
+  """Per record, in order: {"kind", "target", "words", "violated", "rel_error"}, or None when
+  it has no length target. `cuts` defaults to the default taxonomy's length-bucket cuts."""
+  cuts = tuple(cuts or taxonomy_lib.default_taxonomy().length_bucket_cuts)
+  out: list[dict[str, Any] | None] = []
+  for i, record in enumerate(records):
+    target = target_of(record, i)
+    if target is None:
+      out.append(None)
+      continue
+    if count_words is None:
+      count_words = default_word_counter()
+    response = record.get("response")
+    if not isinstance(response, str):
+      raise ValueError(f"record {i} (id={record.get('id')!r}): response must be a string, got "
+                       f"{type(response).__name__}")
+    n_words = int(count_words(response))
+    violated, error = score_one(n_words, *target, cuts)
+    out.append({"kind": target[0], "target": target[1], "words": n_words,
+                "violated": violated, "rel_error": error})
+  return out
+
+
 def length_control(records: Sequence[Mapping], *,
                    count_words: Callable[[str], int] | None = None,
                    cuts: tuple[int, int] | None = None) -> dict[str, Any]:
@@ -109,22 +134,12 @@ def length_control(records: Sequence[Mapping], *,
   "mean_abs_rel_error"}}}, or {"available": False, "reason"} when no record has a target.
   `cuts` defaults to the default taxonomy's length-bucket cuts.
   """
-  cuts = tuple(cuts or taxonomy_lib.default_taxonomy().length_bucket_cuts)
+  scored = per_record(records, count_words=count_words, cuts=cuts)
   rows: dict[str, list[tuple[int, bool, float]]] = {}
-  missing = 0
-  for i, record in enumerate(records):
-    target = target_of(record, i)
-    if target is None:
-      missing += 1
-      continue
-    if count_words is None:
-      count_words = default_word_counter()
-    response = record.get("response")
-    if not isinstance(response, str):
-      raise ValueError(f"record {i} (id={record.get('id')!r}): response must be a string, got "
-                       f"{type(response).__name__}")
-    n_words = int(count_words(response))
-    rows.setdefault(target[0], []).append((n_words, *score_one(n_words, *target, cuts)))
+  for row in scored:
+    if row is not None:
+      rows.setdefault(row["kind"], []).append((row["words"], row["violated"], row["rel_error"]))
+  missing = sum(row is None for row in scored)
   if not rows:
     return {"available": False, "reason": "no record has a length target (length_target, or "
             "a given length_tokens/length_bucket marker)", "n_without_target": missing}

@@ -55,8 +55,19 @@ def _pairs(records: Sequence[Mapping], tax: taxonomy_lib.Taxonomy, name: str,
   return out
 
 
-def _categories(records: Sequence[Mapping], tax: taxonomy_lib.Taxonomy,
-                categories: Sequence[str] | None) -> list[str]:
+def correct_by_record(records: Sequence[Mapping], *, tax: taxonomy_lib.Taxonomy, name: str,
+                      exclude_given: bool = True) -> list[bool | None]:
+  """Per record, in order: whether `name` was inferred right (a missing value is wrong), or
+  None when the record does not score it (no reference, or given in the prompt)."""
+  out: list[bool | None] = [None] * len(records)
+  for i, ref, pred in _pairs(records, tax, name, exclude_given):
+    out[i] = pred != MISSING and str(ref) == str(pred)
+  return out
+
+
+def categories_of(records: Sequence[Mapping], tax: taxonomy_lib.Taxonomy,
+                  categories: Sequence[str] | None) -> list[str]:
+  """`categories` (checked), else the taxonomy's categories some reference carries."""
   if categories is not None:
     for name in categories:
       tax.category(name)  # Raises MarkerError naming the known categories.
@@ -99,12 +110,13 @@ def marker_accuracy(records: Sequence[Mapping], *, tax: taxonomy_lib.Taxonomy | 
   """
   tax = tax or taxonomy_lib.default_taxonomy()
   per_category: dict[str, Any] = {}
-  for name in _categories(records, tax, categories):
+  for name in categories_of(records, tax, categories):
     category = tax.category(name)
     pairs = [(ref, pred) for _, ref, pred in _pairs(records, tax, name, exclude_given)]
     if not pairs:
       continue
-    correct = sum(1 for ref, pred in pairs if pred != MISSING and str(ref) == str(pred))
+    correct = sum(1 for ok in correct_by_record(records, tax=tax, name=name,
+                                                exclude_given=exclude_given) if ok)
     entry = {"n": len(pairs), "correct": correct, "accuracy": correct / len(pairs),
              "missing": sum(1 for _, pred in pairs if pred == MISSING)}
     if category.is_categorical:
@@ -172,7 +184,7 @@ def calibration(records: Sequence[Mapping], *, tax: taxonomy_lib.Taxonomy | None
   """
   tax = tax or taxonomy_lib.default_taxonomy()
   per_category, pooled_conf, pooled_ok = {}, [], []
-  for name in _categories(records, tax, categories):
+  for name in categories_of(records, tax, categories):
     if not tax.category(name).is_categorical:
       continue
     conf, ok = [], []

@@ -28,6 +28,19 @@ def _where(record: Mapping, index: int) -> str:
   return f"record {index} (id={record.get('id')!r})"
 
 
+def _nll_of(record: Mapping, index: int) -> tuple[float, int] | None:
+  """(nll_sum, n_tokens) of one record, None without both; bad values raise ValueError."""
+  nll, n_tokens = record.get("nll_sum"), record.get("n_tokens")
+  if nll is None or n_tokens is None:
+    return None
+  if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+    raise ValueError(f"{_where(record, index)}: n_tokens = {n_tokens!r} is not a positive integer")
+  if isinstance(nll, bool) or not isinstance(nll, (int, float)) or not math.isfinite(nll) \
+      or nll < 0:
+    raise ValueError(f"{_where(record, index)}: nll_sum = {nll!r} is not a finite number >= 0")
+  return float(nll), n_tokens
+
+
 def response_nll(records: Sequence[Mapping]) -> dict[str, Any]:
   """Mean NLL per token of reference responses, from per-example `nll_sum` and `n_tokens`.
 
@@ -37,18 +50,13 @@ def response_nll(records: Sequence[Mapping]) -> dict[str, Any]:
   """
   total_nll, total_tokens, per_example, skipped = 0.0, 0, [], 0
   for i, record in enumerate(records):
-    nll, n_tokens = record.get("nll_sum"), record.get("n_tokens")
-    if nll is None or n_tokens is None:
+    pair = _nll_of(record, i)
+    if pair is None:
       skipped += 1
       continue
-    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
-      raise ValueError(f"{_where(record, i)}: n_tokens = {n_tokens!r} is not a positive integer")
-    if isinstance(nll, bool) or not isinstance(nll, (int, float)) or not math.isfinite(nll) \
-        or nll < 0:
-      raise ValueError(f"{_where(record, i)}: nll_sum = {nll!r} is not a finite number >= 0")
-    total_nll += nll
-    total_tokens += n_tokens
-    per_example.append(nll / n_tokens)
+    total_nll += pair[0]
+    total_tokens += pair[1]
+    per_example.append(pair[0] / pair[1])
   if not per_example:
     return {"available": False, "reason": "no record has nll_sum and n_tokens",
             "n_skipped": skipped}
@@ -58,19 +66,28 @@ def response_nll(records: Sequence[Mapping]) -> dict[str, Any]:
           "mean_example_nll_per_token": sum(per_example) / len(per_example)}
 
 
-def score_summary(records: Sequence[Mapping]) -> dict[str, dict[str, Any]]:
-  """{name: {"mean", "n", "n_missing"}} over `record["scores"]`; booleans count as 0/1."""
-  values: dict[str, list[float]] = {}
+def _score_values(records: Sequence[Mapping]) -> dict[str, list[float | None]]:
+  """{name: per-record value or None} over `record["scores"]`; booleans count as 0/1."""
+  values: dict[str, list[float | None]] = {}
   for i, record in enumerate(records):
     for name, value in (record.get("scores") or {}).items():
-      values.setdefault(name, [])
+      column = values.setdefault(name, [None] * len(records))
       if value is None:
         continue
       if not isinstance(value, (bool, int, float)) or not math.isfinite(float(value)):
         raise ValueError(f"{_where(record, i)}: scores[{name!r}] = {value!r} is not a number")
-      values[name].append(float(value))
-  return {name: {"mean": sum(xs) / len(xs) if xs else None, "n": len(xs),
-                 "n_missing": len(records) - len(xs)} for name, xs in values.items()}
+      column[i] = float(value)
+  return values
+
+
+def score_summary(records: Sequence[Mapping]) -> dict[str, dict[str, Any]]:
+  """{name: {"mean", "n", "n_missing"}} over `record["scores"]`; booleans count as 0/1."""
+  out = {}
+  for name, column in _score_values(records).items():
+    xs = [x for x in column if x is not None]
+    out[name] = {"mean": sum(xs) / len(xs) if xs else None, "n": len(xs),
+                 "n_missing": len(records) - len(xs)}
+  return out
 
 
 def _scores_block(records: Sequence[Mapping], notes: Mapping[str, str]) -> dict[str, Any]:
@@ -125,6 +142,54 @@ def _compact(records: Sequence[Mapping], tax: taxonomy_lib.Taxonomy,
   }
 
 
+def per_example(records: Sequence[Mapping], *, tax: taxonomy_lib.Taxonomy,
+                freq: stats.FrequencyTable | None = None,
+                count_words: Callable[[str], int] | None = None,
+                categories: Sequence[str] | None = None,
+                exclude_given: bool = True) -> dict[str, Any]:
+  """The per-example values that the report's bootstrap intervals are computed from.
+
+  Lists aligned with "id" (None where a record does not score the metric): "violated",
+  "rel_error", "words", "target" (the asked N of a length_tokens target), "nll_sum",
+  "n_tokens", "correct" {category: bool}, "reference" {categorical category: value as sliced},
+  "scores" {name: float}; with `freq`, "train_majority" {category: the training data's most
+  frequent value}.
+  """
+  cuts = tuple(tax.length_bucket_cuts)
+  try:
+    lengths = length_metrics.per_record(records, count_words=count_words, cuts=cuts)
+  except RuntimeError:  # No word counter: the length block says why.
+    lengths = [None] * len(records)
+  nll = [_nll_of(r, i) for i, r in enumerate(records)]
+  names = marker_metrics.categories_of(records, tax, categories)
+  reference: dict[str, list[str | None]] = {}
+  for category in tax.categories:
+    if category.is_categorical and any(category.name in (r.get("reference_markers") or {})
+                                       for r in records):
+      column = [(r.get("reference_markers") or {}).get(category.name) for r in records]
+      reference[category.name] = [None if v is None else str(slices.value_key(category, v))
+                                  for v in column]
+  out = {
+      "id": [str(r.get("id", i)) for i, r in enumerate(records)],
+      "violated": [None if x is None else bool(x["violated"]) for x in lengths],
+      "rel_error": [None if x is None else x["rel_error"] for x in lengths],
+      "words": [None if x is None else x["words"] for x in lengths],
+      "target": [x["target"] if x and x["kind"] == "length_tokens" else None for x in lengths],
+      "nll_sum": [None if x is None else x[0] for x in nll],
+      "n_tokens": [None if x is None else x[1] for x in nll],
+      "correct": {name: marker_metrics.correct_by_record(records, tax=tax, name=name,
+                                                         exclude_given=exclude_given)
+                  for name in names},
+      "reference": reference,
+      "scores": _score_values(records),
+  }
+  if freq is not None:
+    out["train_majority"] = {name: str(max(counts, key=counts.get))
+                             for name, counts in freq.counts.items()
+                             if name in reference and counts and max(counts.values()) > 0}
+  return out
+
+
 def cell_metrics(records: Sequence[Mapping], *, tax: taxonomy_lib.Taxonomy | None = None,
                  freq: stats.FrequencyTable | None = None,
                  count_words: Callable[[str], int] | None = None,
@@ -148,7 +213,9 @@ def cell_metrics(records: Sequence[Mapping], *, tax: taxonomy_lib.Taxonomy | Non
   accuracy, calib = _marker_blocks(records, tax, categories, n_bins, exclude_given)
   out = {"n_records": len(records), "marker_accuracy": accuracy, "calibration": calib,
          "length": _length_block(records, count_words, cuts), "nll": response_nll(records),
-         "scores": _scores_block(records, score_notes or {})}
+         "scores": _scores_block(records, score_notes or {}),
+         "per_example": per_example(records, tax=tax, freq=freq, count_words=count_words,
+                                    categories=categories, exclude_given=exclude_given)}
   if freq is None:
     out["slices"] = {"available": False, "reason": "no training frequency table given"}
     return out

@@ -19,7 +19,7 @@ from treasure_jax.markers import taxonomy as taxonomy_lib
 Slices = dict[str, dict[str, Any]]
 
 
-def _key(category: taxonomy_lib.Category, value: Any) -> Any:
+def value_key(category: taxonomy_lib.Category, value: Any) -> Any:
   """The value as the frequency table stores it (converted to the category's type)."""
   try:
     return category.convert(value)
@@ -51,7 +51,7 @@ def slice_records(records: Sequence[Mapping], freq: stats.FrequencyTable, *,
       value = (record.get(field) or {}).get(name)
       if value is None:
         continue
-      key = _key(category, value)
+      key = value_key(category, value)
       tail = freq.is_long_tail(name, key)
       groups["tail" if tail else "head"].append(record)
       if tail and str(key) not in groups["tail_values"]:

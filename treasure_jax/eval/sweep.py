@@ -329,6 +329,24 @@ def _run_cell(ctx: _Context, cell: _Cell) -> dict[str, Any]:
   return report_cell
 
 
+def _with_per_example(saved: dict[str, Any], cell: _Cell, cfg: SweepConfig) -> dict[str, Any]:
+  """A cell finished by an older sweep, with the per-example values the report's intervals
+  need (`metrics.per_example`) computed from its records.jsonl; others unchanged."""
+  path = os.path.join(cell.directory, "records.jsonl")
+  if "per_example" in saved.get("metrics", {}) or not os.path.isfile(path):
+    return saved
+  tax = taxonomy_lib.load(cfg.taxonomy) if cfg.taxonomy else taxonomy_lib.default_taxonomy()
+  freq = None
+  if cfg.train_files:
+    rows = (obj for f in cfg.train_files for _, obj in stats.read_jsonl(f))
+    freq = stats.frequency_table(rows, tax, threshold=cfg.long_tail_threshold)
+  no_markers = cell.task.kind == "likelihood" or cell.checkpoint in cfg.baselines
+  records = [obj for _, obj in stats.read_jsonl(path)]
+  values = metrics_lib.per_example(records, tax=tax, freq=freq, categories=() if no_markers
+                                   else (cell.task.categories or None))
+  return {**saved, "metrics": {**saved["metrics"], "per_example": values}}
+
+
 def run(config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str) -> str:
   """Runs (or resumes) the sweep into `workdir`; returns the report's path (report.md)."""
   cfg, tasks, ckpts = resolve(config)
@@ -354,10 +372,10 @@ def run(config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str) -> 
         report_cells.append(_run_cell(ctx, cell))
       else:
         logging.info("eval: %s finished earlier; skipped", cell.name)
-        report_cells.append(done[cell.name])
+        report_cells.append(_with_per_example(done[cell.name], cell, cfg))
   path = os.path.join(workdir, "report", "report.md")
   if _is_writer():
-    path = report.write(report_cells, os.path.dirname(path))
+    path = report.write(report_cells, os.path.dirname(path), baselines=cfg.baselines)
     with open(path, "a", encoding="utf-8") as f:
       f.write("\n" + cells.examples_markdown(report_cells))
   _barrier("eval report")
