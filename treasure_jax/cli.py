@@ -35,6 +35,13 @@ def _markers_taxonomy(args: argparse.Namespace) -> None:
   print(tax.to_json())
 
 
+def _markers_grammar(args: argparse.Namespace) -> None:
+  from treasure_jax.decode import grammar_text
+  from treasure_jax.markers import taxonomy
+  tax = taxonomy.load(args.taxonomy) if args.taxonomy else taxonomy.default_taxonomy()
+  print(grammar_text.render(tax, args.format))
+
+
 def _add_markers(sub) -> None:
   p = sub.add_parser("markers", help="marker taxonomy and statistics")
   msub = p.add_subparsers(dest="markers_command", required=True)
@@ -48,6 +55,11 @@ def _add_markers(sub) -> None:
   t = msub.add_parser("taxonomy", help="print a taxonomy (default or --taxonomy) as JSON")
   t.add_argument("--taxonomy", help="taxonomy JSON/YAML file to validate and print")
   t.set_defaults(func=_markers_taxonomy)
+  g = msub.add_parser("grammar", help="the completion's marker-list grammar (vLLM, SGLang)")
+  g.add_argument("--format", required=True, choices=("ebnf", "regex"),
+                 help="GBNF-style EBNF (root ::= ...) or a regular expression")
+  g.add_argument("--taxonomy", help="taxonomy JSON/YAML file (default: the paper's)")
+  g.set_defaults(func=_markers_grammar)
 
 
 def _annotate(args: argparse.Namespace) -> None:
@@ -107,6 +119,21 @@ def _add_convert(sub) -> None:
                  help="source HF directory or .gguf file (default: the bundled SmolLM2 GGUF)")
   p.add_argument("--to", required=True, help="output directory (must be absent or empty)")
   p.set_defaults(func=_convert)
+
+
+def _export(args: argparse.Namespace) -> None:
+  from treasure_jax.train import export
+  summary = export.export_checkpoint(args.checkpoint, args.to, dtype=args.dtype)
+  print(f"wrote a Hugging Face directory to {args.to}: {json.dumps(summary)}")
+
+
+def _add_export(sub) -> None:
+  p = sub.add_parser("export", help="a training checkpoint as a Hugging Face directory")
+  p.add_argument("--checkpoint", required=True, help="training workdir or its checkpoints/N")
+  p.add_argument("--to", required=True, help="output directory (must be absent or empty)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"),
+                 help="weights dtype (default: the checkpoint's parameter dtype)")
+  p.set_defaults(func=_export)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -217,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
   _add_annotate(sub)
   _add_data(sub)
   _add_convert(sub)
+  _add_export(sub)
   _add_train(sub)
   _add_generate(sub)
   _add_eval(sub)
@@ -228,7 +256,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
   from treasure_jax.markers import stats, taxonomy
   # ValueError: configs, JSONL inputs and flags raise it with the key, file or line named.
   types = [UserError, taxonomy.MarkerError, stats.JsonlError, FileNotFoundError, ValueError,
-           IsADirectoryError, PermissionError]
+           IsADirectoryError, PermissionError, FileExistsError]
   # Each stage's own "your input is wrong" errors; imported lazily, only if already loaded.
   for module, names in [("treasure_jax.annotate.records", ["RecordError"]),
                         ("treasure_jax.annotate.metadata", ["MetadataError"]),
@@ -242,7 +270,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 _CONFIG_COMMANDS = ("train", "eval", "demo")
 # Commands that run XLA steps: started with mimalloc (see `allocator`).
-_JAX_COMMANDS = ("train", "eval", "demo", "generate")
+_JAX_COMMANDS = ("train", "eval", "demo", "generate", "export")
 
 
 def main(argv: list[str] | None = None) -> int:

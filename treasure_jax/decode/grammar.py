@@ -95,14 +95,14 @@ def marker_list_dfa(tax: taxonomy_lib.Taxonomy, *, max_int_digits: int = 6) -> D
     value_start, value_end = nfa.state(), nfa.state()
     for i in range(j + 1):
       nfa.text(after[i], f" <{cat.name}> ", value_start)
-    for steps in _value_patterns(cat, tax.float_precision, max_int_digits):
+    for steps in value_patterns(cat, tax.float_precision, max_int_digits):
       nfa.path(value_start, steps, value_end)
     nfa.text(value_end, f" </{cat.name}>", after[j + 1])
   edges, start_d, free_d = _determinize(nfa, start, free)
   return _minimize(edges, start_d, free_d)
 
 
-def _value_patterns(cat: taxonomy_lib.Category, precision: int,
+def value_patterns(cat: taxonomy_lib.Category, precision: int,
                     max_digits: int) -> list[list[frozenset[int]]]:
   """Byte-set sequences, one per alternative, covering exactly the category's written values."""
   to_bytes = lambda steps: [frozenset(c.encode()[0] for c in s) for s in steps]
