@@ -53,6 +53,9 @@ def test_counts_add_up(built):
   assert chats + summary["rejects"] + summary["duplicates_dropped"] == corpus_entry_count()
   assert sum(s["count"] for s in summary["sources"].values()) == summary["examples"]
   assert all(s["license"] for s in summary["sources"].values())
+  provenance = (out / "PROVENANCE.md").read_text()
+  assert all(f"| {name} |" in provenance for name in summary["sources"])
+  assert "PSF-2.0" in provenance and "Unicode-3.0" in provenance
   assert summary["corpus_languages"] == 28  # 27 languages: two Chinese folders.
   assert len({r["markers"]["lang"] for r in _chat(train + val)}) == 27
   assert len(summary["lang"]) == 33  # Translation adds the paper's languages chatterbot lacks.
