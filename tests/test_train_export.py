@@ -45,7 +45,8 @@ def smollm2_tokenizer_dir(tmp_path_factory):
 
 
 def _train_checkpoint(workdir, tokenizer_path, vocab_size, template_name, step=3):
-  cfg = model_config.preset("tiny", dtype="float32", vocab_size=vocab_size)
+  # Trained in bfloat16 (float32 parameters): inference must still compute in float32.
+  cfg = model_config.preset("tiny", dtype="bfloat16", vocab_size=vocab_size)
   tx = optim.make(optim.OptimConfig(warmup_steps=0), 10)
   mesh = sharding.make_mesh(sharding.MeshConfig(shape=(1, -1, 1)))
   plan = sharding.Plan.create(mesh, "fsdp")
@@ -87,6 +88,12 @@ def test_export_writes_a_directory_transformers_loads(exported):
   generation = json.load(open(os.path.join(out, "generation_config.json"), encoding="utf-8"))
   assert vocabulary.tokenizer.token_to_id("<|im_end|>") in generation["eos_token_id"]
   loaded = checkpoint.load_for_inference(str(workdir))
+  # Inference computes in the checkpoint's dtype unless told otherwise (issue 22).
+  assert loaded.model_config.dtype == "float32"
+  assert checkpoint.load_for_inference(out).model_config.dtype == "float32"
+  assert checkpoint.load_for_inference(out, dtype="bfloat16").model_config.dtype == "bfloat16"
+  with pytest.raises(ValueError, match="float16"):
+    checkpoint.load_for_inference(out, dtype="float16")
   ids = np.array([[1, 5, 900, 17, 4000, 3]], np.int32)
   ours = np.asarray(loaded.model(jnp.asarray(ids))[0], np.float32)
   hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)

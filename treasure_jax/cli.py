@@ -170,7 +170,8 @@ def _generate(args: argparse.Namespace) -> None:
       max_new_tokens=args.max_new_tokens, raw=args.raw, sampler=args.sampler,
       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
       stop=args.stop, batch_size=args.batch_size, logprobs=args.logprobs,
-      chat_template=args.chat_template, taxonomy_path=args.taxonomy, mesh_shape=mesh)
+      chat_template=args.chat_template, taxonomy_path=args.taxonomy, mesh_shape=mesh,
+      dtype=args.dtype)
   if not args.output:
     for r in results:
       print(runner.format_result(r, args.json))
@@ -201,6 +202,8 @@ def _add_generate(sub) -> None:
   p.add_argument("--chat-template", help="built-in template name (chatml, llama3, gemma)")
   p.add_argument("--taxonomy", help="taxonomy file (default: the checkpoint's)")
   p.add_argument("--mesh", help="D,F,T mesh shape (default: all devices on fsdp)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"),
+                 help="compute dtype (default: the checkpoint's, float32 for SmolLM2)")
   p.set_defaults(func=_generate)
 
 

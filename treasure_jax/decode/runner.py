@@ -118,16 +118,17 @@ class Decoder:
 
 def load(path: str, *, mesh_shape: Sequence[int] | None = None, rules: str = "fsdp",
          chat_template: str | None = None,
-         taxonomy_path: str | None = None) -> Decoder:
+         taxonomy_path: str | None = None, dtype: str | None = None) -> Decoder:
   """A Decoder for a training checkpoint or HF directory (`chat_template` overrides the
-  checkpoint's: a built-in name or "model"; `taxonomy_path` overrides its taxonomy)."""
+  checkpoint's: a built-in name or "model"; `taxonomy_path` overrides its taxonomy; `dtype`
+  the compute dtype, by default the checkpoint's: see `checkpoint.load_for_inference`)."""
   from treasure_jax.data import chat_templates  # TensorFlow-heavy imports stay lazy.
   from treasure_jax.data import vocab
   from treasure_jax.model import sharding
   from treasure_jax.train import checkpoint
   mesh = None if mesh_shape is None else sharding.make_mesh(
       sharding.MeshConfig(tuple(mesh_shape), rules))
-  loaded = checkpoint.load_for_inference(path, mesh=mesh, rules=rules)
+  loaded = checkpoint.load_for_inference(path, mesh=mesh, rules=rules, dtype=dtype)
   tokenizer = loaded.info.get("tokenizer") or {}
   if "path" not in tokenizer:
     raise ValueError(f"{path}: the checkpoint names no tokenizer (meta 'tokenizer.path')")
@@ -184,14 +185,15 @@ def generate_cli(checkpoint: str, *, prompts: Sequence[str] = (), input_path: st
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                  stop: Sequence[str] = (), batch_size: int = 16, logprobs: bool = False,
                  chat_template: str | None = None, taxonomy_path: str | None = None,
-                 mesh_shape: Sequence[int] | None = None) -> list[modes.Result]:
+                 mesh_shape: Sequence[int] | None = None,
+                 dtype: str | None = None) -> list[modes.Result]:
   """`treasure-jax generate`: decode `prompts` and/or the JSONL `input_path`; with
   `output_path` also write one JSON result a line (input ids kept in "id")."""
   if not prompts and not input_path:
     raise ValueError("generate: give --prompt or --input")
   chosen = sampling.make(sampler, temperature=temperature, top_k=top_k, top_p=top_p)
   decoder = load(checkpoint, mesh_shape=mesh_shape, chat_template=chat_template,
-                 taxonomy_path=taxonomy_path)
+                 taxonomy_path=taxonomy_path, dtype=dtype)
   flag_markers = parse_marker_flags(markers)
   requests = [Request(p, make_mode(mode, flag_markers, decoder.taxonomy, force_prefix), i)
               for i, p in enumerate(prompts)]

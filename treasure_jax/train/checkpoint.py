@@ -170,18 +170,31 @@ def _checkpoint_dir(path: str) -> tuple[str, int | None] | None:
   return None
 
 
+def _hf_dtype(path: str) -> str:
+  """The stored dtype of an HF directory (config.json torch_dtype/dtype; float32 otherwise)."""
+  with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+    hf_json = json.load(f)
+  stored = hf_json.get("torch_dtype") or hf_json.get("dtype")
+  return stored if stored in model_config.DTYPES else "float32"
+
+
 def load_for_inference(path: str, *, mesh: jax.sharding.Mesh | None = None,
-                       rules: str = "fsdp") -> Loaded:
+                       rules: str = "fsdp", dtype: str | None = None) -> Loaded:
   """A training checkpoint (workdir, its checkpoints/ or one step dir) or an HF model directory.
 
-  Parameters land on `mesh` under `rules`, or on the first device without a mesh.
+  Parameters land on `mesh` under `rules`, or on the first device without a mesh. Activations
+  and matmuls run in `dtype`, by default the checkpoint's own: the stored parameters' dtype
+  (float32 for a training run's parameters and for SmolLM2 from GGUF), not the bfloat16 a run
+  may have trained in, so inference matches the reference implementation.
   """
+  if dtype is not None and dtype not in model_config.DTYPES:
+    raise ValueError(f"dtype={dtype!r} is not one of {', '.join(model_config.DTYPES)}")
   found = _checkpoint_dir(path)
   if found is None:
     if not os.path.isfile(os.path.join(path, "config.json")):
       raise FileNotFoundError(f"{path}: neither a training checkpoint (no checkpoints/ or step "
                               f"directories) nor a Hugging Face directory (no config.json)")
-    cfg, model = hf.load_dir(path, mesh=mesh, rules=rules)
+    cfg, model = hf.load_dir(path, mesh=mesh, rules=rules, dtype=dtype or _hf_dtype(path))
     info = {"source": "hf", "step": None, "tokenizer": {"kind": "hf", "path": path},
             "chat_template": "model"}
     return Loaded(cfg, model, taxonomy_lib.default_taxonomy(), info)
@@ -195,6 +208,7 @@ def load_for_inference(path: str, *, mesh: jax.sharding.Mesh | None = None,
                                                         taxonomy=ocp.args.JsonRestore()))
   meta = small["meta"]
   cfg = model_config.from_dict(meta["model_config"])
+  cfg = dataclasses.replace(cfg, dtype=dtype or cfg.param_dtype)
   model = _restore_params(manager, step, cfg, mesh, rules)
   info = {"source": "checkpoint", "step": step, **{k: v for k, v in meta.items()
                                                    if k != "model_config"}}
