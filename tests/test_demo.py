@@ -20,7 +20,12 @@ from treasure_jax import demo
 from treasure_jax.demo import data as data_lib
 from treasure_jax.demo import stages
 from treasure_jax.demo import summary
+from treasure_jax.eval import metrics
+from treasure_jax.markers import stats
+from treasure_jax.markers import taxonomy
 from treasure_jax.model import convert
+
+TAX = taxonomy.default_taxonomy()
 
 _CORPUS_FILES = ("english/greetings.yml", "english/science.yml", "french/greetings.yml")
 
@@ -62,6 +67,31 @@ def test_config_variants_build():
     demo.load_config(quick=False, config=f"{demo.default_config_path()}:fast")
 
 
+def test_seeds_list_adds_runs_and_keeps_the_first_names():
+  _, cfg = demo.load_config(quick=True)
+  base = cfg.train.seed
+  with cfg.unlocked():
+    cfg.seeds = None  # A config without the key (or an empty one) trains train.seed only.
+  assert demo.seeds(cfg) == (base,)
+  single = {s.name: s.digest for s in demo._stage_list(cfg, "/w", demo._runs(cfg), False)}
+  with cfg.unlocked():
+    cfg.seeds = (base, base + 1)
+  runs = demo._runs(cfg)
+  assert [(r.name, r.group_name, r.seed) for r in runs] == [
+      ("baseline", "baseline", base), (f"baseline_s{base + 1}", "baseline", base + 1),
+      ("markers", "markers", base), (f"markers_s{base + 1}", "markers", base + 1)]
+  both = {s.name: s.digest for s in demo._stage_list(cfg, "/w", runs, False)}
+  # train.seed's stages are unchanged, so finished runs are reused; the others are new.
+  assert {k: v for k, v in both.items() if k in single} == single
+  assert f"train/markers_s{base + 1}" in both and f"eval/markers_s{base + 1}/chat" in both
+  other = demo._train_config(cfg, runs[3], "/d")
+  assert (other.seed, other.data.seed, other.data.variant) == (base + 1, base + 1, "markers")
+  with cfg.unlocked():
+    cfg.seeds = (1, 1)
+  with pytest.raises(ValueError, match="seeds"):
+    demo._runs(cfg)
+
+
 def test_interleave_covers_tasks_then_languages_first():
   recs = [{"id": f"{task}/{lang}/{i}", "markers": {"task": task, "lang": lang}}
           for task, lang, n in (("OpenEnded", "English", 5), ("OpenEnded", "Thai", 1),
@@ -89,19 +119,42 @@ def test_stage_spec_change_redoes_or_is_refused(tmp_path):
   assert stages.run(str(tmp_path), dataclasses.replace(changed, guard="")).result == {"ok": 2}
 
 
+def _chat_records(seed: int, right: int) -> list[dict]:
+  """Eight chat examples; the first `right` get lang right and stay within the asked length."""
+  return [{"id": f"e{i}", "reference_markers": {"lang": "English" if i % 4 else "French"},
+           "markers_generated": {"lang": ("English" if i % 4 else "French") if i < right
+                                 else "Thai"},
+           "length_target": {"length_tokens": 4},
+           "response": " ".join(["w"] * (3 if i < right else 6 + seed))} for i in range(8)]
+
+
 def test_summary_table_reads_cells():
-  cells = [
-      {"checkpoint": "markers", "task": "chat", "setting": "none", "metrics": {
-          "n_records": 4, "marker_accuracy": {"per_category": {
-              "lang": {"n": 4, "accuracy": 0.75}}, "macro_accuracy": 0.75, "n_records": 4},
-          "length": {"available": True, "n": 4, "violation_rate": 0.5}}},
-      {"checkpoint": "baseline", "task": "chat", "setting": "none", "metrics": {
-          "length": {"available": False, "reason": "no target"}}},
-  ]
-  runs = [summary.RunInfo("baseline", "baseline", 0.5), summary.RunInfo("markers", "markers", 0.5)]
+  freq = stats.frequency_table([{"markers": {"lang": "English"}}] * 9
+                               + [{"markers": {"lang": "French"}}], TAX)
+  count = lambda text: len(text.split())  # noqa: E731
+  cells = []
+  for ckpt, seed, right, setting in (("markers", 0, 6, "none"), ("markers_s1", 1, 8, "none"),
+                                     ("baseline", 0, 2, "none"), ("baseline_s1", 1, 4, "none")):
+    cells.append({"checkpoint": ckpt, "task": "chat", "setting": setting,
+                  "metrics": metrics.cell_metrics(_chat_records(seed, right), tax=TAX, freq=freq,
+                                                  count_words=count)})
+  runs = [summary.RunInfo("baseline", "baseline", 0.5, "baseline", 0),
+          summary.RunInfo("baseline_s1", "baseline", 0.5, "baseline", 1),
+          summary.RunInfo("markers", "markers", 0.5, "markers", 0),
+          summary.RunInfo("markers_s1", "markers", 0.5, "markers", 1)]
   text = summary.table(cells, runs, ["chat"])
-  assert "| marker accuracy: lang (inferred) | - | 75.0% (n=4) | 99.2% |" in text
-  assert "| length violations: length not asked | n/a | 50.0% (n=4) | - |" in text
+  header = ("| measurement | baseline (no markers, seeds 0, 1) | markers (p_d=0.5, seeds 0, 1) | "
+            "markers minus reference (paired 95% CI) | paper |")
+  assert header in text
+  # lang: seed 0 right on 6 of 8, seed 1 on 8 of 8 -> mean 87.5%; majority class (English) 6/8.
+  row = next(line for line in text.splitlines() if line.startswith("| marker accuracy: lang"))
+  assert "| - | 87.5% [" in row and "n=8 (seeds: 75.0% / 100.0%)" in row
+  assert "+12.5 pts [" in row and "(vs majority class) | 99.2% |" in row
+  # Violations: baseline 6/8 and 4/8 (mean 62.5%), markers 2/8 and 0/8 (12.5%), paired by seed.
+  row = next(line for line in text.splitlines() if "length not asked" in line)
+  assert "62.5% [" in row and "(seeds: 75.0% / 50.0%)" in row
+  assert "| -50.0 pts [" in row and "(vs baseline none)" in row
+  assert "| marker accuracy: domain (inferred) | - | n/a |" in text  # Not measured.
   assert "CodeFix" not in text  # Task not evaluated: its rows are left out.
 
 

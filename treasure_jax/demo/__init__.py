@@ -6,8 +6,10 @@ its stages in order, each skipped when it finished earlier (`stages`):
   data                 the demo set and its marker statistics (echoed) (`data`)
   eval_subset          the validation examples the evaluation reads, in a fixed order
   train/<run>          `loop.train` of each run (baseline: no markers; markers: p_d, p_s) on
-                       the same examples and steps; an interrupted run resumes from its
-                       last checkpoint
+                       the same examples and steps, once per seed of `cfg.seeds` (default
+                       (train.seed,)); train.seed's runs keep their names (train/markers),
+                       the others are train/<run>_s<seed>; an interrupted run resumes from
+                       its last checkpoint
   eval/<run>/<task>    `sweep.run` of one checkpoint and one task (finished cells are skipped)
   report               the sweep's report over every cell, then report.md with the summary
                        table next to the paper's figures (`summary`)
@@ -74,28 +76,52 @@ def load_config(*, quick: bool, config: str | None = None,
   return spec, config_loader.load(spec, overrides)
 
 
+def seeds(cfg: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """`cfg.seeds` (a list of training seeds), default (train.seed,)."""
+  values = tuple(cfg.get("seeds", None) or (cfg.train.seed,))
+  if any(isinstance(v, bool) or not isinstance(v, int) for v in values) or \
+      len(set(values)) != len(values):
+    raise ValueError(f"seeds={values!r}: use distinct integers, e.g. (0, 1)")
+  return values
+
+
 def _runs(cfg: ml_collections.ConfigDict) -> list[summary_lib.RunInfo]:
+  """Every run of every seed; train.seed's keep the `runs` names (train/markers), the others
+  get a suffix (train/markers_s1)."""
   runs = []
   for name, r in cfg.runs.items():
     if r.variant not in ("baseline", "markers"):
       raise ValueError(f"runs.{name}.variant={r.variant!r}: use baseline or markers")
-    runs.append(summary_lib.RunInfo(name, r.variant, float(r.p_dataset)))
+    for seed in seeds(cfg):
+      run_name = name if seed == cfg.train.seed else f"{name}_s{seed}"
+      runs.append(summary_lib.RunInfo(run_name, r.variant, float(r.p_dataset), name, seed))
   return runs
 
 
-def _train_config(cfg: ml_collections.ConfigDict, run: str,
+def _train_section(cfg: ml_collections.ConfigDict, run: summary_lib.RunInfo) -> dict[str, Any]:
+  """The `train` section of one run: another seed sets train.seed and train.data.seed (the
+  data order and the marker dropout draws; with a pretrained base model train.seed alone
+  would change almost nothing). train.seed's run keeps the section as configured."""
+  section = cfg.train.to_dict()
+  if run.seed != cfg.train.seed:
+    section["seed"] = run.seed
+    section["data"] = {**section["data"], "seed": run.seed}
+  return section
+
+
+def _train_config(cfg: ml_collections.ConfigDict, run: summary_lib.RunInfo,
                   data_dir: str) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict(cfg.train.to_dict())
+  c = ml_collections.ConfigDict(_train_section(cfg, run))
   under = lambda files: tuple(os.path.join(data_dir, f) for f in files)  # noqa: E731
   c.data.train_files = under(c.data.train_files)
   c.data.eval_files = under(c.data.eval_files)
   c.data.taxonomy = os.path.join(data_dir, c.data.taxonomy) if c.data.taxonomy else ""
   for key in ("variant", "p_dataset", "p_sample"):
-    c.data[key] = cfg.runs[run][key]
+    c.data[key] = cfg.runs[run.group_name][key]
   return c
 
 
-def _train(cfg: ml_collections.ConfigDict, run: str, data_dir: str, out: str,
+def _train(cfg: ml_collections.ConfigDict, run: summary_lib.RunInfo, data_dir: str, out: str,
            progress: bool) -> dict[str, Any]:
   from treasure_jax.train import logging_lib  # pylint: disable=g-import-not-at-top
   from treasure_jax.train import loop  # pylint: disable=g-import-not-at-top
@@ -141,9 +167,9 @@ def _stage_list(cfg: ml_collections.ConfigDict, workdir: str,
   train_digests = {}
   for r in runs:
     stage = stages.Stage(
-        f"train/{r.name}", {"data": data_spec, "train": cfg.train.to_dict(),
-                            "run": cfg.runs[r.name].to_dict()},
-        lambda r=r: _train(cfg, r.name, data_dir, os.path.join(workdir, "train", r.name),
+        f"train/{r.name}", {"data": data_spec, "train": _train_section(cfg, r),
+                            "run": cfg.runs[r.group_name].to_dict()},
+        lambda r=r: _train(cfg, r, data_dir, os.path.join(workdir, "train", r.name),
                            progress),
         guard=os.path.join(workdir, "train", r.name, "checkpoints"))
     train_digests[r.name] = stage.digest
@@ -162,8 +188,8 @@ def _sizes(cfg: ml_collections.ConfigDict, runs: Sequence[summary_lib.RunInfo],
            data_result: dict[str, Any]) -> dict[str, tuple[str, str]]:
   t, tasks = cfg.train, cfg.eval.tasks
   rows = "examples" if not t.data.pack else "packed rows"
-  dropout = ", ".join(f"{r.name}: p_d={r.p_dataset:g}, p_s={cfg.runs[r.name].p_sample:g}"
-                      for r in runs if r.variant == "markers")
+  dropout = ", ".join(f"{name}: p_d={r.p_dataset:g}, p_s={r.p_sample:g}"
+                      for name, r in cfg.runs.items() if r.variant == "markers")
   evals = ", ".join(f"{name} {task.limit or 'all'}" for name, task in tasks.items())
   return {
       "base model": (f"{t.model.preset} ({os.path.basename(t.init_from) or 'random init'}), "
@@ -173,6 +199,8 @@ def _sizes(cfg: ml_collections.ConfigDict, runs: Sequence[summary_lib.RunInfo],
       "steps x batch": (f"{t.num_train_steps} x {t.batch_size} = "
                         f"{t.num_train_steps * t.batch_size} {rows} per run",
                         "8,000 x 32"),
+      "seeds": (", ".join(map(str, seeds(cfg))) + " (every run once per seed; all reported)",
+                "not stated in method.md"),
       "sequence length": (f"{t.data.seq_len} tokens", "not stated in method.md"),
       "learning rate": (f"{t.optim.warmup_steps} warm-up steps to {t.optim.peak_lr:g}, "
                         f"{t.optim.schedule} to {t.optim.final_lr:g}",

@@ -1,8 +1,12 @@
 """The demo's summary: one table of what was measured, next to the paper's figure, and report.md.
 
 `table(cells, runs)` reads the evaluation sweep's report cells (`eval/report/cells.json`) and
-lays out one row per measurement and one column per training run; every value carries its
-example count, and a value that was not measured says so ("n/a") rather than disappearing.
+lays out one row per measurement and one column per training run (the runs of one config entry
+over its seeds, aggregated: the mean over seeds and each seed's value), then one column per
+marked run with its paired difference from a reference on the same examples (the baseline, or
+the majority class for marker accuracy). Every value carries its 95% bootstrap interval and n
+(`eval.intervals`, from the cells' per-example values); a value that was not measured says so
+("n/a") rather than disappearing.
 `write_report` adds the sizes that differ from the paper's, the training curves' end points,
 the caveats of this data set and the stage timings. The paper's figures are from
 shared/docs/method.md. Running anything is the caller's job.
@@ -14,28 +18,35 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-# (label, task, setting on a baseline run, setting on a marked run, metric, paper's figure)
-Row = tuple[str, str, str | None, str | None, str, str]
+from treasure_jax.eval import intervals
+
+# (label, task, setting on a baseline run, setting on a marked run, metric, paper's figure,
+#  what a marked run is compared with: "majority" = the training data's majority class of the
+#  category, a setting = the baseline run in that setting, None = nothing)
+Row = tuple[str, str, str | None, str | None, str, str, str | None]
 ROWS: tuple[Row, ...] = (
-    ("marker accuracy: domain (inferred)", "chat", None, "none", "acc:domain", "74.9%"),
-    ("marker accuracy: lang (inferred)", "chat", None, "none", "acc:lang", "99.2%"),
-    ("marker accuracy: macro, categorical", "chat", None, "none", "acc:macro", "-"),
-    ("length violations: length not asked", "chat", "none", "none", "violations", "-"),
+    ("marker accuracy: domain (inferred)", "chat", None, "none", "acc:domain", "74.9%",
+     "majority"),
+    ("marker accuracy: task (inferred)", "chat", None, "none", "acc:task", "53.6%", "majority"),
+    ("marker accuracy: lang (inferred)", "chat", None, "none", "acc:lang", "99.2%", "majority"),
+    ("length violations: length not asked", "chat", "none", "none", "violation", "-", "none"),
     ("length violations: asked in words", "chat", "nl_instruction", "nl_instruction",
-     "violations", "36.58% → 24.74%"),
+     "violation", "36.58% → 24.74%", "nl_instruction"),
     ("length violations: length_tokens marker", "chat", None, "fixed:length_tokens",
-     "violations", "1.25%"),
-    ("response NLL/token: all", "likelihood", "none", "inferred", "nll", "not reported"),
+     "violation", "1.25%", "nl_instruction"),
+    ("response NLL/token: all", "likelihood", "none", "inferred", "nll", "not reported", "none"),
     ("response NLL/token: lang head / tail", "likelihood", "none", "inferred", "nll:lang",
-     "not reported"),
+     "not reported", "none"),
     ("response NLL/token: domain head / tail", "likelihood", "none", "inferred", "nll:domain",
-     "not reported"),
+     "not reported", "none"),
     ("response NLL/token: domain+lang given", "likelihood", None, "fixed:domain,lang", "nll",
-     "not reported"),
-    ("CodeGeneration pass@1: no task marker", "codegen", "none", "none", "pass", "0.406"),
-    ("CodeGeneration pass@1: task marker", "codegen", None, "fixed:task", "pass", "0.419"),
-    ("CodeFix pass@1: no task marker", "codefix", "none", "none", "pass", "0.216"),
-    ("CodeFix pass@1: task marker", "codefix", None, "fixed:task", "pass", "0.246"),
+     "not reported", "none"),
+    ("CodeGeneration pass@1: no task marker", "codegen", "none", "none", "score:pass", "0.406",
+     "none"),
+    ("CodeGeneration pass@1: task marker", "codegen", None, "fixed:task", "score:pass", "0.419",
+     "none"),
+    ("CodeFix pass@1: no task marker", "codefix", "none", "none", "score:pass", "0.216", "none"),
+    ("CodeFix pass@1: task marker", "codefix", None, "fixed:task", "score:pass", "0.246", "none"),
 )
 CAVEATS = (
     "The paper fine-tunes a 7B model on 2.7M examples for 8,000 steps of 32; this demo "
@@ -54,77 +65,108 @@ CAVEATS = (
 
 @dataclasses.dataclass(frozen=True)
 class RunInfo:
+  """One training run; the runs of one `group` (a `runs` entry of the config) differ only in
+  their seed, and the summary aggregates over them."""
   name: str
   variant: str  # "baseline" or "markers".
   p_dataset: float
+  group: str = ""  # Default: `name`.
+  seed: int = 0
+
+  @property
+  def group_name(self) -> str:
+    return self.group or self.name
 
 
 def _cell_index(cells: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], Mapping]:
   return {(c["checkpoint"], c["task"], c["setting"]): c["metrics"] for c in cells}
 
 
-def _get(node: Any, *path: str) -> Any:
-  for key in path:
-    if not isinstance(node, Mapping) or node.get("available") is False:
-      return None
-    node = node.get(key)
-  return node
+def _groups(runs: Sequence[RunInfo]) -> dict[str, list[RunInfo]]:
+  out: dict[str, list[RunInfo]] = {}
+  for run in runs:
+    out.setdefault(run.group_name, []).append(run)
+  return out
 
 
-def _pct(x: float) -> str:
-  return f"{100 * x:.1f}%"
+def _metric(metric: str) -> tuple[str, list[tuple[str, str] | None]]:
+  """(intervals metric, subsets): "nll:lang" is NLL on lang's head and tail slices."""
+  if metric.startswith("nll:"):
+    category = metric.partition(":")[2]
+    return "nll", [(category, "head"), (category, "tail")]
+  return metric, [None]
 
 
-def _value(metrics: Mapping[str, Any], metric: str) -> str:
-  """One table entry with its example count, or "n/a"."""
-  kind, _, arg = metric.partition(":")
-  if kind == "acc":
-    block = metrics.get("marker_accuracy") or {}
-    if arg == "macro":
-      v = _get(block, "macro_accuracy")
-      return "n/a" if v is None else f"{_pct(v)} (n={block.get('n_records', '?')})"
-    entry = _get(block, "per_category", arg) or {}
-    return "n/a" if entry.get("accuracy") is None else f"{_pct(entry['accuracy'])} (n={entry['n']})"
-  if kind == "violations":
-    block = metrics.get("length") or {}
-    v = _get(block, "violation_rate")
-    return "n/a" if v is None else f"{_pct(v)} (n={block.get('n')})"
-  if kind == "pass":
-    block = _get(metrics, "scores", "pass") or {}
-    return "n/a" if block.get("mean") is None else f"{block['mean']:.3f} (n={block['n']})"
-  if kind == "nll" and not arg:
-    v = _get(metrics, "nll", "nll_per_token")
-    return "n/a" if v is None else f"{v:.3f} (n={metrics.get('n_records')})"
-  groups = _get(metrics, "slices", "by_category", arg) or {}
+def _entry(cis: Sequence[Any], metric: str) -> str:
+  """"value [lo, hi] n=N", with each seed's value when there are several; " / " between
+  subsets (head / tail)."""
   parts = []
-  for side in ("head", "tail"):
-    g = groups.get(side) or {}
-    v = g.get("nll_per_token")
-    parts.append("n/a" if v is None else f"{v:.3f} (n={g.get('n')})")
+  for ci in cis:
+    text = intervals.fmt(ci, metric)
+    seeds = (ci or {}).get("per_seed")
+    if seeds:
+      each = " / ".join(intervals.fmt_value(v, metric) for v in seeds)
+      text += f" (seeds: {each})"
+    parts.append(text)
   return " / ".join(parts)
 
 
-def _run_label(run: RunInfo) -> str:
-  return "no markers" if run.variant == "baseline" else f"p_d={run.p_dataset:g}"
+def _compare(index: Mapping, row: Row, marked: Sequence[RunInfo],
+             baselines: Sequence[RunInfo]) -> str:
+  """The marked group minus its reference on the same examples (paired, seeds matched)."""
+  _, task, _, on_marked, metric, _, against = row
+  name, subsets = _metric(metric)
+  if against is None or on_marked is None:
+    return "-"
+  mine = {r.seed: index.get((r.name, task, on_marked)) for r in marked}
+  if against == "majority":
+    pairs = [(m, m) for m in mine.values() if m is not None]
+    metric_a, what = f"majority:{name.partition(':')[2]}", "vs majority class"
+  else:
+    base = {r.seed: index.get((r.name, task, against)) for r in baselines}
+    pairs = [(base[s], m) for s, m in mine.items() if m is not None and base.get(s) is not None]
+    metric_a, what = name, f"vs baseline {against}"
+  if not pairs:
+    return "n/a"
+  diffs = [intervals.difference(pairs, metric_a, name, subset=sub) for sub in subsets]
+  if all(d is None or not d["n"] for d in diffs):
+    return "n/a"
+  return " / ".join(intervals.fmt(d, name, signed=True) for d in diffs) + f" ({what})"
 
 
 def table(cells: Sequence[Mapping[str, Any]], runs: Sequence[RunInfo],
           tasks: Sequence[str]) -> str:
   """The summary as a Markdown table (rows of tasks that were not evaluated are left out)."""
   index = _cell_index(cells)
-  header = ["measurement"] + [f"{r.name} ({_run_label(r)})" for r in runs] + ["paper"]
+  groups = _groups(runs)
+  baselines = [r for g in groups.values() for r in g if r.variant == "baseline"]
+  marked = {g: rs for g, rs in groups.items() if rs[0].variant != "baseline"}
+  header = (["measurement"] + [f"{g} ({_run_label(rs[0])}{_seeds_label(rs)})"
+                               for g, rs in groups.items()]
+            + [f"{g} minus reference (paired 95% CI)" for g in marked] + ["paper"])
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  for label, task, on_base, on_marked, metric, paper in ROWS:
+  for row in ROWS:
+    label, task, on_base, on_marked, metric, paper, _ = row
     if task not in tasks:
       continue
-    row = [label]
-    for run in runs:
-      setting = on_base if run.variant == "baseline" else on_marked
-      metrics = index.get((run.name, task, setting)) if setting else None
-      row.append("-" if setting is None else "n/a" if metrics is None else
-                 _value(metrics, metric))
-    lines.append("| " + " | ".join(row + [paper]) + " |")
+    entries = [label]
+    for rs in groups.values():
+      setting = on_base if rs[0].variant == "baseline" else on_marked
+      found = [index.get((r.name, task, setting)) for r in rs] if setting else []
+      name, subsets = _metric(metric)
+      entries.append("-" if setting is None else "n/a" if any(m is None for m in found) else
+                     _entry([intervals.estimate(found, name, sub) for sub in subsets], name))
+    entries += [_compare(index, row, rs, baselines) for rs in marked.values()]
+    lines.append("| " + " | ".join(entries + [paper]) + " |")
   return "\n".join(lines)
+
+
+def _run_label(run: RunInfo) -> str:
+  return "no markers" if run.variant == "baseline" else f"p_d={run.p_dataset:g}"
+
+
+def _seeds_label(runs: Sequence[RunInfo]) -> str:
+  return f", seeds {', '.join(str(r.seed) for r in runs)}" if len(runs) > 1 else ""
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
@@ -161,8 +203,13 @@ def write_report(path: str, *, title: str, summary: str, sizes: Mapping[str, tup
   """Writes the demo's report.md at `path`; returns its text."""
   lines = [f"# {title}", "", "## Sizes (this run vs the paper)", ""] + sizes_table(sizes)
   lines += ["", "## Summary", "", summary, ""]
-  lines += ["Entries are value (n = examples); head / tail split marker values at 5% of the "
-            "training examples; '-' = not applicable to that run.", ""]
+  lines += ["Entries: value [95% percentile bootstrap interval over examples] n = examples; "
+            "with several seeds, the mean over seeds (its interval resamples the examples "
+            "jointly across seeds) and each seed's value. The difference columns pair the "
+            "same examples (and seeds): the marked run minus the baseline in the setting named, "
+            "or, for marker accuracy, minus the training data's majority-class rate. Head / "
+            "tail split marker values at 5% of the training examples; '-' = not applicable. "
+            "Every configured seed and every evaluated example is reported.", ""]
   lines += ["## Caveats", ""] + [f"- {c}" for c in (*CAVEATS, *notes())] + [""]
   lines += ["## Training", ""] + training_table(train) + [""]
   lines += ["## Stage times", "", "Wall and CPU seconds of each stage when it ran (CPU time "

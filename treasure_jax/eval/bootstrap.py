@@ -124,6 +124,13 @@ def unpaired_difference(a: Any, b: Any, *, n_resamples: int = RESAMPLES, seed: i
   return {"value": value, "lo": float(lo), "hi": float(hi), "n": n, "level": level}
 
 
+def format_value(value: float | None, *, pct: bool, digits: int = 3) -> str:
+  """One point estimate as the intervals show it ("25.0%" or "1.234")."""
+  if value is None:
+    return "n/a"
+  return f"{100 * value:.1f}%" if pct else f"{value:.{digits}f}"
+
+
 def format_interval(ci: Interval | None, *, pct: bool, digits: int = 3,
                     signed: bool = False, n: bool = True) -> str:
   """"25.0% [12.5, 40.6] n=32" (pct) or "1.234 [1.100, 1.350] n=32"; "n/a" when unmeasured.

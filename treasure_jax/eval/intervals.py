@@ -139,6 +139,10 @@ def difference(pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]], met
   return bootstrap.paired_difference(a, b, den_a=den_a, den_b=den_b)
 
 
+def fmt_value(value: float | None, metric: str) -> str:
+  return bootstrap.format_value(value, pct=is_rate(metric))
+
+
 def fmt(ci: bootstrap.Interval | None, metric: str, *, signed: bool = False,
         n: bool = True) -> str:
   """The interval as report text, a percentage for rates."""
