@@ -5,6 +5,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
@@ -132,3 +133,67 @@ def test_report_rejects_bad_cells(tmp_path):
   with pytest.raises(ValueError, match="duplicate name 'x'"):
     cell = {"name": "x", "checkpoint": "c", "task": "t", "setting": "s", "metrics": {}}
     report.write([cell, cell], str(tmp_path))
+
+
+def _demo_like_cells() -> list[dict]:
+  """The demo's layout on synthetic records: two seeds of a baseline and a marked model, a
+  length task in three modes and a likelihood task, 40 examples with head and tail values."""
+  rng = np.random.default_rng(0)
+  train = ([{"markers": {"lang": "English", "domain": "Conversation"}}] * 85
+           + [{"markers": {"lang": "French", "domain": "Medical"}}] * 12
+           + [{"markers": {"lang": "Thai", "domain": "Legal"}}] * 3)
+  freq = stats.frequency_table(train, TAX)
+  langs = ["English"] * 28 + ["French"] * 8 + ["Thai"] * 4
+  domains = ["Conversation"] * 26 + ["Medical"] * 10 + ["Legal"] * 4
+  asked = rng.integers(5, 80, size=40)
+  count = lambda text: len(text.split())  # noqa: E731
+  cells = []
+  plan = (("baseline", ("none", "nl_instruction"), ("none",)),
+          ("markers", ("none", "nl_instruction", "fixed:length_tokens"), ("inferred",)))
+  for seed in (0, 1):
+    for ckpt, chat, lik in plan:
+      name = ckpt if seed == 0 else f"{ckpt}_s{seed}"
+      for task, settings in (("chat", chat), ("likelihood", lik)):
+        for setting in settings:
+          good = 0.8 if setting == "fixed:length_tokens" else 0.5 if ckpt == "markers" else 0.3
+          records = []
+          for i in range(40):
+            ok = rng.random() < good
+            n = int(asked[i] * (rng.uniform(0.4, 1.0) if ok else rng.uniform(1.05, 2.0)))
+            given = {"length_tokens": int(asked[i])} if setting.startswith("fixed") else {}
+            record = {"id": f"ex{i}", "markers_given": given,
+                      "reference_markers": {"lang": langs[i], "domain": domains[i]}}
+            if task == "chat":
+              record.update(
+                  length_target={"length_tokens": int(asked[i])}, response=_words(max(1, n)),
+                  markers_generated=({"lang": langs[i] if ok else "English",
+                                      "domain": domains[i] if ok else "Conversation"}
+                                     if ckpt == "markers" else {}))
+            else:
+              record.update(nll_sum=float(rng.uniform(20, 40) - 4 * (ckpt == "markers")),
+                            n_tokens=20)
+            records.append(record)
+          cells.append({"name": f"{name}/{task}/{setting}", "checkpoint": name, "task": task,
+                        "setting": setting, "metrics": metrics.cell_metrics(
+                            records, tax=TAX, freq=freq, count_words=count,
+                            categories=() if ckpt == "baseline" or task == "likelihood"
+                            else None)})
+  return cells
+
+
+def test_report_of_a_demo_like_sweep_has_intervals_pairs_and_four_figures(tmp_path):
+  cells = _demo_like_cells()
+  path = report.write(cells, str(tmp_path), baselines=("baseline", "baseline_s1"))
+  text = open(path, encoding="utf-8").read()
+  # The length_tokens marker faces the baseline asked in words, seed by seed.
+  assert ("| markers/chat/fixed:length_tokens | baseline/chat/nl_instruction | violation (all) |"
+          in text)
+  assert ("| markers_s1/chat/fixed:length_tokens | baseline_s1/chat/nl_instruction | "
+          "violation (all) |") in text
+  assert "| markers/likelihood/inferred | baseline/likelihood/none | nll (lang tail) |" in text
+  # Thai (3%) is the lang tail and Legal (3%) the domain tail.
+  assert "| markers/likelihood/inferred | lang | Thai | " in text
+  assert "| majority class of the training data | " in text
+  for name in ("length_violations", "marker_accuracy", "head_tail", "length_scatter"):
+    height, width = mpimg.imread(str(tmp_path / f"{name}.png")).shape[:2]
+    assert 300 < height < 1600 and 500 < width < 1600, (name, height, width)

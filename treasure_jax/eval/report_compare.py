@@ -175,18 +175,24 @@ def _head_tail_plot(entries: Sequence[tuple[Mapping, str]], metric: str,
 
 
 def length_scatter_section(cells: Sequence[Mapping], out_dir: str) -> list[str]:
-  """Words asked (a length_tokens target) vs produced, one point per example and cell."""
-  points = {}
+  """Words asked vs produced, one point per example, for the modes that ask a length (in
+  words, or a length_tokens marker); the seeds of a checkpoint (`_s<N>`) share a colour."""
+  points: dict[str, list[tuple[float, float]]] = {}
   for cell in cells:
+    if cell["setting"] != "nl_instruction" and "length_tokens" not in cell["setting"]:
+      continue
     pe = cell["metrics"].get("per_example") or {}
     pts = [(t, w) for t, w in zip(pe.get("target") or [], pe.get("words") or [])
            if t is not None and w is not None]
     if pts:
-      points[f"{cell['checkpoint']} / {cell['task']}: {mode_label(cell['setting'])}"] = pts
+      model = _SEED.sub("", cell["checkpoint"])
+      points.setdefault(f"{model} / {cell['task']}: {mode_label(cell['setting'])}", []).extend(
+          pts)
   png = plots.scatter(os.path.join(out_dir, "length_scatter.png"), points,
                       title="Length asked vs produced (one point per example)",
                       xlabel="words asked (N)", ylabel="words produced")
   if png is None:
     return []
-  return ["## Length asked vs produced", "", "One point per example and cell; points above "
-          "the dashed line are violations.", "", f"![{png}]({png})", ""]
+  return ["## Length asked vs produced", "", "One point per example and cell of the modes that "
+          "ask a length (the seeds of a model pooled); points above the dashed line are "
+          "violations.", "", f"![{png}]({png})", ""]
