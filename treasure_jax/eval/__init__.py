@@ -3,8 +3,10 @@
 Modules: `marker_metrics` (marker accuracy, confusion, calibration, seqio metric_fn),
 `length_metrics` (length-control violations), `slices` (head/tail and per-value slices),
 `metrics` (one cell's metrics JSON), `sandbox` + `code_exec` (pass@k), `judge` (pairwise LLM
-judge, reward model), `report` (Markdown + PNG). The sweep runner (checkpoints x tasks x
-marker settings, decoding, scoring references with the model) lives elsewhere and calls these
+judge, reward model), `bootstrap` + `intervals` (95% intervals from per-example values,
+paired differences), `report` + `report_compare` + `plots` (Markdown + PNG). The sweep
+runner (checkpoints x tasks x marker settings, decoding, scoring references with the model)
+lives elsewhere and calls these
 functions on lists of per-example result dicts. Every field is optional; each metric reads
 only its own fields and reports itself unavailable when they are absent:
 
