@@ -8,7 +8,12 @@ few shapes (max_tokens <= 16 -> one step bucket) so the test compiles a handful 
 """
 from __future__ import annotations
 
+import atexit
+import functools
 import json
+import pathlib
+import shutil
+import tempfile
 import urllib.error
 import urllib.request
 
@@ -19,8 +24,10 @@ import test_decode_modes as decode_modes_test
 from treasure_jax.annotate import llm
 from treasure_jax.data import chat_templates
 from treasure_jax.decode import runner
+from treasure_jax.decode import sampling
 from treasure_jax.markers import taxonomy
 from treasure_jax.model import hf
+from treasure_jax.serve import protocol
 from treasure_jax.serve import server
 
 TAX = taxonomy.default_taxonomy()
@@ -42,9 +49,17 @@ def client(url: str) -> openai.OpenAI:
   return openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
 
 
+@functools.cache
+def tiny_decoder() -> runner.Decoder:
+  """One loaded tiny checkpoint for both serve test modules (loading costs seconds)."""
+  directory = pathlib.Path(tempfile.mkdtemp(prefix="tiny_serve_"))
+  atexit.register(shutil.rmtree, directory, ignore_errors=True)
+  return runner.load(tiny_checkpoint(directory))
+
+
 @pytest.fixture(scope="module")
-def decoder(tmp_path_factory):
-  return runner.load(tiny_checkpoint(tmp_path_factory.mktemp("tiny_serve")))
+def decoder():
+  return tiny_decoder()
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +127,16 @@ def test_n_seed_stop_and_completions(served):
   assert stopped.choices[0].finish_reason == "stop"
   assert greedy.choices[0].text.startswith(stopped.choices[0].text)
   assert cut not in stopped.choices[0].text
-  top1 = c.completions.create(model="tiny", prompt="abc", max_tokens=8, temperature=1.0,
-                              extra_body={"top_k": 1})
-  assert top1.choices[0].text == greedy.choices[0].text
+
+
+def test_sampling_fields_pick_the_sampler(decoder):
+  def sampler(**fields):
+    body = {"prompt": "abc", **fields}
+    return protocol.completion_job(body, decoder, protocol.Limits()).sampler
+  assert sampler() == sampler(temperature=0) == sampling.Greedy()
+  assert sampler(temperature=0.7) == sampling.Temperature(0.7)
+  assert sampler(top_k=5) == sampling.TopK(5, 1.0)
+  assert sampler(top_p=0.9, temperature=0.5) == sampling.TopP(0.9, 0.5)
 
 
 def test_models_and_health(served):
