@@ -60,15 +60,18 @@ def options(task: seqio.Task) -> preprocessors.ChatOptions:
 
 def register_task(name: str, source: seqio.DataSource, *, vocabulary: seqio.Vocabulary,
                   options: preprocessors.ChatOptions,
-                  extra_preprocessors: tuple[Any, ...] = ()) -> seqio.Task:
-  """Registers (replacing any task of that name) one chat task over annotated records."""
+                  extra_preprocessors: tuple[Any, ...] = (),
+                  post_preprocessors: tuple[Any, ...] = (), **task_kwargs: Any) -> seqio.Task:
+  """Registers (replacing any task of that name) one chat task over annotated records;
+  `extra_preprocessors`/`post_preprocessors` run before/after the chat preprocessor and
+  `task_kwargs` (postprocess_fn, metric_fns) go to `seqio.TaskRegistry.add`."""
   counts = _COUNTERS.setdefault(name, preprocessors.Counters())
   prep = functools.partial(preprocessors.chat_preprocessor, options=options, counters=counts)
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(
       name, source=source, output_features=output_features(vocabulary),
-      preprocessors=[*extra_preprocessors, prep])
+      preprocessors=[*extra_preprocessors, prep, *post_preprocessors], **task_kwargs)
 
 
 def register_marker_tasks(source_name: str, source: seqio.DataSource, *,
