@@ -1,7 +1,7 @@
 """The report's figures (matplotlib, Agg): grouped bars with 95% intervals, and a scatter.
 
 Sized to be read at 100% zoom: 100 dpi, 11-12 pt text, long labels on horizontal bars or
-wrapped, the example count n in the group labels (or on each bar when series differ). Every
+wrapped, the example count n in the group labels (a range when series differ). Every
 function returns the PNG's base name, or None (and no file) when there is nothing to draw.
 What the values mean is the report's (`report`); the intervals come from `intervals`.
 """
@@ -19,19 +19,21 @@ matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
 DPI = 100
+MAX_SERIES = 8  # Bars per group beyond which a figure stops being readable.
 FONT = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10,
         "xtick.labelsize": 10, "ytick.labelsize": 10}
 Ci = Mapping[str, Any] | None
 
 
-def _n_of(cis: Sequence[Ci]) -> int | None:
-  """The group's n when every measured series has the same, else None."""
-  ns = {ci["n"] for ci in cis if ci and ci.get("value") is not None}
-  return ns.pop() if len(ns) == 1 else None
+def _n_of(cis: Sequence[Ci]) -> str | None:
+  """The group's n ("32", or a range "1-4" when series differ); None when nothing measured."""
+  ns = sorted({ci["n"] for ci in cis if ci and ci.get("value") is not None})
+  return None if not ns else str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
 
 
-def _save(fig: Any, path: str) -> str:
-  fig.tight_layout()
+def _save(fig: Any, path: str, layout: bool = True) -> str:
+  if layout:
+    fig.tight_layout()
   fig.savefig(path, dpi=DPI, bbox_inches="tight")
   plt.close(fig)
   return os.path.basename(path)
@@ -65,12 +67,12 @@ def bars(path: str, groups: Sequence[str], series: Mapping[str, Sequence[Ci]], *
       if name in reference:
         kw.update(color="white", edgecolor="black", hatch="//")
       drawn = draw(pos, vals, width * 0.95, **kw)
-      for g, (bar_, ci) in enumerate(zip(drawn, cis)):
-        if common[g] is None and ci and ci.get("value") is not None:
-          ax.annotate(f"n={ci['n']}", (bar_.get_x() + bar_.get_width() / 2, 0) if not
-                      horizontal else (0, bar_.get_y() + bar_.get_height() / 2),
-                      fontsize=8, ha="center" if not horizontal else "left",
-                      va="bottom" if not horizontal else "center", color="white")
+      for bar_, v in zip(drawn, vals):
+        if v == 0:  # A measured 0 draws no bar: say so, unlike a missing value.
+          at = ((bar_.get_x() + bar_.get_width() / 2, 0) if not horizontal else
+                (0, bar_.get_y() + bar_.get_height() / 2))
+          ax.annotate("0", at, fontsize=9, ha="center" if not horizontal else "left",
+                      va="bottom" if not horizontal else "center")
     ticks = list(range(len(groups)))
     if horizontal:
       ax.set_yticks(ticks, names)
@@ -81,10 +83,15 @@ def bars(path: str, groups: Sequence[str], series: Mapping[str, Sequence[Ci]], *
       ax.set_ylabel(label)
     ax.set_title(title)
     ax.grid(axis="x" if horizontal else "y", alpha=0.3)
-    # Below the axes, so that no legend hides a bar.
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 if not horizontal else -0.1),
-              ncol=min(3, k), framealpha=0.9)
-    return _save(fig, path)
+    if pct:  # Rates on their whole range, so that 0% reads as a measured 0.
+      (ax.set_xlim if horizontal else ax.set_ylim)(0, 105)
+    fig.tight_layout()
+    # Under the figure (savefig's tight box grows to hold it), so that no legend hides a bar
+    # or a label.
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(3, k), framealpha=0.9)
+    return _save(fig, path, layout=False)
 
 
 def scatter(path: str, points: Mapping[str, Sequence[tuple[float, float]]], *, title: str,

@@ -46,6 +46,8 @@ _SETTING_ORDER = ("none", "nl_instruction", "baseline", "inferred", "fixed")
 # (value, None) or (None, why it is missing) of one cell's metrics.
 Getter = Callable[[Mapping[str, Any]], tuple[Any, str | None]]
 NO_VALUES = "per-example values not recorded (a cell from an older sweep)"
+MAJORITY = "majority class of the training data"
+_NUMERIC = ("length_tokens", "quality")  # Exact-match rates: tabled, not plotted.
 
 
 def _reason(metrics: Mapping[str, Any], *path: str) -> str | None:
@@ -155,19 +157,30 @@ def _marker_section(cells: Sequence[Mapping], out_dir: str, paper: Mapping) -> l
     series[name] = cis
   majority = [intervals.pooled(list(per_cell.values()), f"majority:{cat}") for cat in cats]
   if any(majority):
-    rows.append(["majority class of the training data"]
-                + [intervals.fmt(ci, "acc:") for ci in majority] + ["-"])
-    series["majority class of the training data"] = majority
-  png = plots.bars(os.path.join(out_dir, "marker_accuracy.png"), cats, series,
-                   title="Marker inference accuracy vs the training data's majority class "
-                   "(95% CI)", label="accuracy (%)", pct=True,
-                   reference=["majority class of the training data"])
+    rows.append([MAJORITY] + [intervals.fmt(ci, "acc:") for ci in majority] + ["-"])
+    series[MAJORITY] = majority
+  png = _marker_plot(out_dir, cells, cats, series)
   return (["## Marker inference accuracy by category", "",
            "Entries: accuracy [95% bootstrap interval] n = examples scored; majority class: "
            "the share of those examples whose reference is the training data's most frequent "
            "value; macro: mean of the category accuracies (no interval).", ""]
           + table(["cell"] + cats + ["macro"], rows) + notes(reasons, "marker_accuracy", paper)
           + image(png))
+
+
+def _marker_plot(out_dir: str, cells: Sequence[Mapping], cats: Sequence[str],
+                 series: Mapping[str, Sequence[Any]]) -> str | None:
+  """Categorical categories only; the cells that infer every marker (settings none /
+  inferred) when there are such, at most `plots.MAX_SERIES`, then the majority class."""
+  tax_cats = [i for i, c in enumerate(cats) if c not in _NUMERIC]
+  inferring = {c["name"] for c in cells if c["setting"] in ("none", "inferred")}
+  names = [n for n in series if n in inferring] or [n for n in series if n != MAJORITY]
+  shown = {n: [series[n][i] for i in tax_cats] for n in names[:plots.MAX_SERIES]}
+  if MAJORITY in series:
+    shown[MAJORITY] = [series[MAJORITY][i] for i in tax_cats]
+  return plots.bars(os.path.join(out_dir, "marker_accuracy.png"), [cats[i] for i in tax_cats],
+                    shown, title="Marker inference accuracy vs the training data's majority "
+                    "class (95% CI)", label="accuracy (%)", pct=True, reference=[MAJORITY])
 
 
 def _pct(x: float) -> str:

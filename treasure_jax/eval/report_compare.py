@@ -26,7 +26,6 @@ _TITLES = {"nll": "Reference-response NLL per token", "violation": "Length viola
            "acc": "Marker accuracy of the sliced category", "score:pass": "pass@1",
            "score:judge_win": "Judge win rate", "score:reward_win": "Reward-model win rate"}
 MAX_CATEGORIES = 6
-MAX_SERIES = 8
 MAX_TAIL_NAMES = 6
 _SEED = re.compile(r"_s\d+\Z")
 
@@ -164,7 +163,7 @@ def _head_tail_plot(entries: Sequence[tuple[Mapping, str]], metric: str,
   for cell in cells:
     m = lambda cat: f"acc:{cat}" if metric == "acc" else metric  # noqa: E731
     cis = [intervals.estimate([cell["metrics"]], m(cat), (cat, side)) for cat, side in groups]
-    if any(ci and ci["n"] for ci in cis) and len(series) < MAX_SERIES:
+    if any(ci and ci["n"] for ci in cis) and len(series) < plots.MAX_SERIES:
       series[cell["name"]] = cis
   label = {"nll": "reference NLL / token (nats), lower is better",
            "acc": "marker accuracy (%)"}.get(metric, f"{metric} (%)")
