@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import seqio
 
+from treasure_jax.data import preprocessors
 from treasure_jax.data import sources
 from treasure_jax.data import t5x
+from treasure_jax.data import tasks
 from treasure_jax.data import testing
 from treasure_jax.markers import dropout as dropout_lib
 from treasure_jax.markers import taxonomy
@@ -96,3 +98,23 @@ def test_tasks_are_cacheable_and_score_the_completion(names):
   assert scores["marker_accuracy/domain"] == 50.0
   assert scores["marker_accuracy"] == pytest.approx(100 * 11 / 12)
   assert scores["response_exact_match"] == 50.0
+
+
+def test_a_record_outside_the_taxonomy_is_a_catchable_error_naming_file_and_line(tmp_path):
+  """The README's seqio snippet on the demo data without its taxonomy (issue 22)."""
+  path = tmp_path / "train.jsonl"
+  records = [{"id": "ok", "prompt": "Hi", "response": "Hello", "markers": {"lang": "English"}},
+             {"id": "sv", "prompt": "Hej", "response": "Hej!", "markers": {"lang": "Swedish"}}]
+  testing.write_jsonl(records, str(path))
+  source = sources.JsonlDataSource({"train": str(path)})
+  vocabulary = testing.small_bpe_vocabulary()
+  name = tasks.register_marker_tasks("issue22", source, vocabulary=vocabulary)["markers"]
+  ds = seqio.get_mixture_or_task(name).get_dataset(None, "train", shuffle=False)
+  with pytest.raises(preprocessors.RecordError, match=r"train\.jsonl:2 \(id sv\): markers "
+                     r"outside the taxonomy: lang: 'Swedish' is not allowed"):
+    list(tasks.as_numpy_iterator(ds, name))
+  demo_like = TAX.extend(values={"lang": ["Swedish"]})
+  name = tasks.register_marker_tasks("issue22", source, vocabulary=vocabulary,
+                                     taxonomy=demo_like)["markers"]
+  ds = seqio.get_mixture_or_task(name).get_dataset(None, "train", shuffle=False)
+  assert len(list(tasks.as_numpy_iterator(ds, name))) == 2

@@ -15,7 +15,7 @@ Every task has one preprocessor (`preprocessors.chat_preprocessor`) and one outp
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import seqio
@@ -48,6 +48,24 @@ def counters(name: str, *, missing_ok: bool = False) -> preprocessors.Counters |
   if name not in _COUNTERS and not missing_ok:
     raise KeyError(f"task {name!r} was not registered by treasure_jax.data.tasks")
   return _COUNTERS.get(name)
+
+
+def as_numpy_iterator(dataset: tf.data.Dataset, name: str) -> Iterator[dict[str, Any]]:
+  """Iterates a dataset of task `name` (e.g. `seqio.get_dataset(name, ...)`) as numpy; a bad
+  record raises its own `preprocessors.RecordError` (a ValueError naming file:line and the
+  reason) instead of TensorFlow's wrapped error with the record buried in a traceback."""
+  iterator = dataset.as_numpy_iterator()
+  while True:
+    try:
+      example = next(iterator)
+    except StopIteration:
+      return
+    except tf.errors.OpError as e:
+      error = (counters(name, missing_ok=True) or preprocessors.Counters()).last_error
+      if error is not None and str(error) in str(e):
+        raise error from None
+      raise
+    yield example
 
 
 def options(task: seqio.Task) -> preprocessors.ChatOptions:
