@@ -7,13 +7,20 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import json
 import os
+import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 
 import openai
 import pytest
 
 import test_serve as serve_test
+from treasure_jax import cli
 from treasure_jax.annotate import llm
 from treasure_jax.decode import runner
 from treasure_jax.markers import taxonomy
@@ -129,3 +136,36 @@ def test_annotate_llm_against_the_served_smollm2(tmp_path):
     assert a.value in tax.category("domain").values or a.problem, a
     assert a.raw or a.problem
   print("smollm2 answers:", [a.to_dict() for a in answers])
+
+
+def test_cli_serve_reports_a_bad_checkpoint(tmp_path, capsys):
+  assert cli.main(["serve", "--checkpoint", str(tmp_path / "missing")]) == 2
+  assert "treasure-jax serve: error:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_serve_answers_on_a_free_port(tmp_path):
+  """`treasure-jax serve --checkpoint DIR --port P` in a subprocess, asked over loopback."""
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  ckpt = serve_test.tiny_checkpoint(tmp_path)
+  proc = subprocess.Popen([sys.executable, "-m", "treasure_jax.cli", "serve", "--checkpoint",
+                           ckpt, "--port", str(port)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT)
+  try:
+    url, deadline = f"http://127.0.0.1:{port}/v1", time.monotonic() + 180
+    while True:
+      try:
+        with urllib.request.urlopen(url.removesuffix("/v1") + "/health") as r:
+          assert json.loads(r.read())["model"] == os.path.basename(ckpt)
+        break
+      except OSError:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.5)
+    r = serve_test.client(url).chat.completions.create(
+        model="x", messages=serve_test.HI, max_tokens=4, extra_body={"markers": {"task": "Reasoning"}})
+    assert r.choices[0].markers["mode"] == "fixed"
+  finally:
+    proc.terminate()
+    proc.wait(timeout=30)

@@ -207,6 +207,31 @@ def _add_generate(sub) -> None:
   p.set_defaults(func=_generate)
 
 
+def _serve(args: argparse.Namespace) -> None:
+  from treasure_jax.serve import batcher, protocol, server
+  server.run(args.checkpoint, host=args.host, port=args.port, model_name=args.model_name,
+             batch=batcher.Config(max_batch=args.max_batch, max_queue=args.max_queue),
+             limits=protocol.Limits(max_tokens=args.max_tokens, max_n=args.max_batch),
+             chat_template=args.chat_template, taxonomy_path=args.taxonomy, dtype=args.dtype)
+
+
+def _add_serve(sub) -> None:
+  p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with markers as API fields")
+  p.add_argument("--checkpoint", required=True, help="training workdir/checkpoint or HF dir")
+  p.add_argument("--host", default="127.0.0.1")
+  p.add_argument("--port", type=int, default=8000)
+  p.add_argument("--model-name", help="the id /v1/models lists (default: the directory name)")
+  p.add_argument("--max-batch", type=int, default=16, help="rows per decode batch (and max n)")
+  p.add_argument("--max-queue", type=int, default=64,
+                 help="requests waiting before new ones get 429")
+  p.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens accepted")
+  p.add_argument("--chat-template", help="built-in template name (chatml, llama3, gemma)")
+  p.add_argument("--taxonomy", help="taxonomy file (default: the checkpoint's)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"),
+                 help="compute dtype (default: the checkpoint's)")
+  p.set_defaults(func=_serve)
+
+
 def _eval(args: argparse.Namespace) -> None:
   from treasure_jax import config_loader
   from treasure_jax.eval import sweep
@@ -250,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
   _add_export(sub)
   _add_train(sub)
   _add_generate(sub)
+  _add_serve(sub)
   _add_eval(sub)
   _add_demo(sub)
   return parser
@@ -273,7 +299,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 _CONFIG_COMMANDS = ("train", "eval", "demo")
 # Commands that run XLA steps: started with mimalloc (see `allocator`).
-_JAX_COMMANDS = ("train", "eval", "demo", "generate", "export")
+_JAX_COMMANDS = ("train", "eval", "demo", "generate", "export", "serve")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -181,7 +181,7 @@ def _max_tokens(body: Mapping[str, Any], limits: Limits, room: int, context: int
   field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else (
       "max_tokens")
   if body.get(field) is None:
-    return min(limits.default_max_tokens, room)
+    return min(limits.default_max_tokens, limits.max_tokens, room)
   value = _int(body, field, None, 1, limits.max_tokens)
   if value > room:
     raise ApiError(400, f"the prompt ({prompt_tokens} tokens) plus {field}={value} exceeds "

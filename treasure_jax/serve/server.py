@@ -19,9 +19,12 @@ from treasure_jax.serve import protocol
 def run(checkpoint: str, *, host: str = "127.0.0.1", port: int = 8000,
         model_name: str | None = None, batch: batcher_lib.Config = batcher_lib.Config(),
         limits: protocol.Limits = protocol.Limits(), chat_template: str | None = None,
-        taxonomy_path: str | None = None) -> None:
+        taxonomy_path: str | None = None, dtype: str | None = None) -> None:
   """Loads `checkpoint` and serves it until interrupted."""
-  decoder = runner.load(checkpoint, chat_template=chat_template, taxonomy_path=taxonomy_path)
+  if limits.max_n > batch.max_batch:
+    raise ValueError(f"serve: max n {limits.max_n} exceeds max_batch {batch.max_batch}")
+  decoder = runner.load(checkpoint, chat_template=chat_template, taxonomy_path=taxonomy_path,
+                        dtype=dtype)
   name = model_name or os.path.basename(os.path.normpath(checkpoint))
   batcher = batcher_lib.Batcher(decoder, batch).start()
   try:
