@@ -198,7 +198,10 @@ def test_skip_invalid_counts_and_lists_rejects(tmp_path):
   assert [r["line"] for r in rejects] == [2, 4, 7]
   assert "invalid JSON" in rejects[0]["reason"] and rejects[1]["reason"] == "response: is empty"
   assert rejects[2]["reason"] == "response: is missing"
-  assert "skipped 3 invalid lines" in summary.format()
+  text = summary.format()
+  assert "read 7 records, wrote 4" in text and "repaired 0 records" in text
+  assert (f"rejected 3 records: invalid JSON 1, response: is empty 1, response: is missing 1, "
+          f"listed in {summary.rejects_path}") in text
 
 
 def test_metadata_rule_errors_name_the_record(tmp_path):

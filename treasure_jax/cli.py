@@ -65,7 +65,8 @@ def _add_markers(sub) -> None:
 def _annotate(args: argparse.Namespace) -> None:
   from treasure_jax.annotate import pipeline
   summary = pipeline.run(args.input, args.output, taxonomy=args.taxonomy, config=args.config,
-                         skip_invalid=args.skip_invalid, progress=not args.no_progress)
+                         skip_invalid=args.skip_invalid, progress=not args.no_progress,
+                         normalize=True if args.normalize else None)
   print(summary.format())
 
 
@@ -77,6 +78,9 @@ def _add_annotate(sub) -> None:
   p.add_argument("--config", help="annotation config (metadata rules, llm, quality), JSON/YAML")
   p.add_argument("--skip-invalid", action="store_true",
                  help="skip bad lines and list them in OUTPUT.rejects.jsonl instead of failing")
+  p.add_argument("--normalize", action="store_true",
+                 help="repair real-world chats first (leading assistant turns, repeated roles, "
+                 "empty turns, ShareGPT roles), counted and listed in annotation.repairs")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.set_defaults(func=_annotate)
 

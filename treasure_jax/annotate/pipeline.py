@@ -13,16 +13,21 @@ pays only for what is missing. The output is written to `OUT.partial` files and 
 place at the end, so OUT is complete or absent. Bad input is found by a first cheap pass,
 before any call is paid: an error naming file and line, or with `skip_invalid` a skip listed
 in `OUT.rejects.jsonl`. Record parsing, metadata rules and deterministic markers are
-`records`, `metadata` and `deterministic`; the CLI flags are `cli.py`'s.
+`records`, `metadata` and `deterministic`; the CLI flags are `cli.py`'s. With `normalize`
+(config section or `--normalize`), `normalize.repair` fixes real-world chats before validation
+(leading assistant turns, repeated roles, empty turns, ShareGPT roles); each repair is counted
+in the summary and listed on the record as `annotation.repairs`.
 """
 from __future__ import annotations
 
 import collections
 import concurrent.futures as futures_lib
 import dataclasses
+import itertools
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -35,6 +40,7 @@ from treasure_jax.annotate import cache as cache_lib
 from treasure_jax.annotate import deterministic
 from treasure_jax.annotate import llm
 from treasure_jax.annotate import metadata
+from treasure_jax.annotate import normalize as normalize_lib
 from treasure_jax.annotate import quality
 from treasure_jax.annotate import records
 from treasure_jax.markers import stats
@@ -45,10 +51,11 @@ DETERMINISTIC = "deterministic"
 
 @dataclasses.dataclass(frozen=True)
 class AnnotateConfig:
-  """The config file: `metadata` rules (or a rules file), `llm` and `quality` (optional)."""
+  """The config file: `metadata` rules (or a rules file), `llm`, `quality`, `normalize`."""
   metadata: Mapping[str, Any] | str = dataclasses.field(default_factory=dict)
   llm: llm.LlmConfig | None = None
   quality: quality.QualityConfig = quality.QualityConfig()
+  normalize: normalize_lib.NormalizeConfig = normalize_lib.NormalizeConfig()
 
 
 @dataclasses.dataclass
@@ -64,15 +71,41 @@ class Summary:
   n_problems: int
   elapsed_s: float
   table: stats.FrequencyTable
+  n_repaired: int = 0  # Written records that normalization changed.
+  repairs: dict[str, int] = dataclasses.field(default_factory=dict)  # kind -> repairs made
+  reject_reasons: dict[str, int] = dataclasses.field(default_factory=dict)  # reason -> lines
+
+  @property
+  def n_read(self) -> int:
+    """Non-blank input lines: written + rejected."""
+    return self.n_records + self.n_rejected
 
   def format(self) -> str:
-    lines = [f"wrote {self.n_records} records to {self.out_path} in {self.elapsed_s:.1f}s",
+    per_s = self.n_records / self.elapsed_s if self.elapsed_s > 0 else 0.0
+    lines = [f"read {self.n_read} records, wrote {self.n_records} to {self.out_path} in "
+             f"{self.elapsed_s:.1f}s ({per_s:.0f} records/s)",
+             f"repaired {self.n_repaired} records" + _by_kind(self.repairs),
+             f"rejected {self.n_rejected} records" + _by_kind(self.reject_reasons)
+             + (f", listed in {self.rejects_path}" if self.rejects_path else ""),
              f"LLM calls {self.llm_calls} (+{self.llm_cached} from cache), reward calls "
              f"{self.quality_calls} (+{self.quality_cached} from cache), "
              f"{self.n_problems} annotation problems"]
-    if self.rejects_path:
-      lines.append(f"skipped {self.n_rejected} invalid lines, listed in {self.rejects_path}")
     return "\n".join(lines) + "\n\n" + self.table.format()
+
+
+def _by_kind(counts: Mapping[str, int]) -> str:
+  if not counts:
+    return ""
+  ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+  return ": " + ", ".join(f"{k} {v}" for k, v in ranked)
+
+
+def reject_reason(reason: str) -> str:
+  """A reject's reason without its specifics (line/column, turn index), to count by."""
+  for prefix in ("invalid JSON", "invalid UTF-8"):
+    if reason.startswith(prefix):
+      return prefix
+  return re.sub(r"\[\d+\]", "[i]", reason)
 
 
 def load_config(config: str | os.PathLike | Mapping[str, Any] | AnnotateConfig | None,
@@ -95,16 +128,19 @@ def load_config(config: str | os.PathLike | Mapping[str, Any] | AnnotateConfig |
       raise ValueError(f"{where}: cannot parse config: {e}") from None
   if not isinstance(config, Mapping):
     raise ValueError(f"{where}: expected an object with sections metadata, llm, quality")
-  unknown = sorted(set(config) - {"metadata", "llm", "quality"})
+  unknown = sorted(set(config) - {"metadata", "llm", "quality", "normalize"})
   if unknown:
-    raise ValueError(f"{where}: unknown sections {unknown}; known: metadata, llm, quality")
+    raise ValueError(f"{where}: unknown sections {unknown}; known: metadata, llm, quality, "
+                     "normalize")
   rules = config.get("metadata") or {}
   if isinstance(rules, str) and where != "config":  # A rules file next to the config file.
     rules = os.path.join(os.path.dirname(where), rules)
   return AnnotateConfig(
       metadata=rules,
       llm=llm.LlmConfig.from_dict(config["llm"], f"{where}: llm") if config.get("llm") else None,
-      quality=quality.QualityConfig.from_dict(config.get("quality") or {}, f"{where}: quality"))
+      quality=quality.QualityConfig.from_dict(config.get("quality") or {}, f"{where}: quality"),
+      normalize=normalize_lib.NormalizeConfig.from_dict(config.get("normalize"),
+                                                        f"{where}: normalize"))
 
 
 def _load_taxonomy(tax: taxonomy_lib.Taxonomy | str | os.PathLike | None) -> taxonomy_lib.Taxonomy:
@@ -119,26 +155,36 @@ def _reject(rejects: list | None, line: int, obj: dict, reason: str) -> None:
 
 
 def _examples(in_path: str, tax, rules: metadata.MetadataRules, skip_invalid: bool,
-              rejects: list | None) -> Iterator[tuple[dict, records.RecordView, dict, dict]]:
+              rejects: list | None, norm: normalize_lib.NormalizeConfig,
+              repairs: collections.Counter | None = None,
+              ) -> Iterator[tuple[dict, records.RecordView, dict, dict]]:
   """(record, view, markers given in the input, metadata markers) per valid line.
 
   Every check that can fail on a record happens here, so the first (counting) pass finds all
-  bad input before any call is paid; bad lines raise, or go to `rejects` with `skip_invalid`.
+  bad input before any call is paid; bad lines raise, or go to `rejects` (with the line as
+  read) with `skip_invalid`. `repairs` counts the normalization repairs of the valid records,
+  and "records" the records repaired.
   """
-  for line, obj, view in records.read(in_path, skip_invalid=skip_invalid, rejects=rejects):
+  for line, raw in stats.read_jsonl(in_path, skip_invalid=skip_invalid, rejects=rejects):
+    obj, made = normalize_lib.repair(raw, norm) if norm.enabled else (raw, {})
+    where = f"{in_path}:{line}"
     try:
-      given = records.markers_of(obj, tax, where=view.where)
-      from_rules = rules.apply(obj, where=view.where)
+      view = records.normalize(obj, where=where)
+      given = records.markers_of(obj, tax, where=where)
+      from_rules = rules.apply(obj, where=where)
     except records.RecordError as e:
       if not skip_invalid:
         raise
-      _reject(rejects, line, obj, f"{e.field}: {e.reason}")
+      _reject(rejects, line, raw, f"{e.field}: {e.reason}")
       continue
     except metadata.MetadataError as e:
       if not skip_invalid:
         raise
-      _reject(rejects, line, obj, str(e).removeprefix(f"{view.where}: "))
+      _reject(rejects, line, raw, str(e).removeprefix(f"{where}: "))
       continue
+    if repairs is not None and made:
+      repairs.update(made)
+      repairs["records"] += 1
     yield obj, view, given, from_rules
 
 
@@ -193,16 +239,24 @@ class _Annotator:
     self._inflight[key] = pool.submit(work)
     return self._inflight[key]
 
+  def deterministic(self, chunk: list[tuple[dict, records.RecordView, dict, dict]]
+                    ) -> list[dict]:
+    """Deterministic markers of a chunk of `_examples` (languages in one parallel batch)."""
+    # Only what is still missing: language identification is the costly rule.
+    todo = [[c for c in deterministic.CATEGORIES if c not in given and c not in from_rules]
+            for _, _, given, from_rules in chunk]
+    return deterministic.annotate_many([view for _, view, _, _ in chunk], self.tax,
+                                       categories=todo)
+
   def start(self, obj: dict, view: records.RecordView, given: dict, from_rules: dict,
-            ) -> tuple[dict, dict, dict[str, futures_lib.Future]]:
-    """Markers known without calls, and futures for the paid ones."""
+            computed: dict) -> tuple[dict, dict, dict[str, futures_lib.Future]]:
+    """Markers known without calls (`computed`: the deterministic ones), and futures for the
+    paid ones."""
     markers, by = dict(given), {name: _given_by(obj, name) for name in given}
     for name, value in from_rules.items():
       if name not in markers:
         markers[name], by[name] = value, "metadata"
-    # Only what is still missing: language identification is the costly rule.
-    todo = [c for c in deterministic.CATEGORIES if c not in markers]
-    for name, value in deterministic.annotate(view, self.tax, categories=todo).items():
+    for name, value in computed.items():
       markers[name], by[name] = value, DETERMINISTIC
     pending = {}
     if self.client:
@@ -250,6 +304,10 @@ def _output_record(obj: dict, markers: dict, by: dict, problems: list, tax) -> d
                                                   "annotation_problems")}
   out["markers"] = dict(tax.ordered(markers))
   out["annotation"] = {name: by[name] for name in out["markers"]}
+  repairs = obj.get("annotation", {}).get("repairs") if isinstance(
+      obj.get("annotation"), Mapping) else None
+  if isinstance(repairs, Mapping) and repairs:  # Kept from normalization (this run or earlier).
+    out["annotation"]["repairs"] = dict(repairs)
   if problems:
     out["annotation_problems"] = problems
   return out
@@ -283,9 +341,11 @@ def _pass1(in_path, partial, tax, cfg, rules, store, n_total, progress, counts) 
           bar.set_postfix(llm=c["llm_calls"], cached=c["llm_cached"] + c["quality_cached"],
                           reward=c["quality_calls"], refresh=False)
       # Bad lines were found (raised or listed) by the first pass: skip them quietly here.
-      for obj, view, given, from_rules in _examples(in_path, tax, rules, True, None):
-        window.append((obj, *annotator.start(obj, view, given, from_rules)))
-        flush(annotator.window)
+      examples = _examples(in_path, tax, rules, True, None, cfg.normalize)
+      while chunk := list(itertools.islice(examples, annotator.window)):
+        for example, computed in zip(chunk, annotator.deterministic(chunk)):
+          window.append((example[0], *annotator.start(*example, computed)))
+          flush(annotator.window)
       flush(0)
       _sync(f)
   finally:
@@ -334,21 +394,28 @@ def _write_rejects(path: str, rejects: list) -> None:
 def run(in_path: str | os.PathLike, out_path: str | os.PathLike, *,
         taxonomy: taxonomy_lib.Taxonomy | str | os.PathLike | None = None,
         config: str | os.PathLike | Mapping[str, Any] | AnnotateConfig | None = None,
-        skip_invalid: bool = False, progress: bool = True) -> Summary:
+        skip_invalid: bool = False, progress: bool = True, normalize: bool | None = None,
+        ) -> Summary:
   """Annotates IN.jsonl into OUT.jsonl; rerunning after an interruption resumes from the cache.
 
   Raises `stats.JsonlError`, `records.RecordError` or `metadata.MetadataError` (each naming
   file:line) on bad input unless `skip_invalid`; `llm.LlmError`/`quality.QualityError` when an
-  endpoint cannot be used (finished calls stay in the cache for the rerun).
+  endpoint cannot be used (finished calls stay in the cache for the rerun). `normalize`
+  True/False overrides the config's `normalize.enabled`.
   """
   start = time.monotonic()
   in_path, out_path = os.fspath(in_path), os.fspath(out_path)
   if os.path.abspath(in_path) == os.path.abspath(out_path):
     raise ValueError(f"{out_path}: the output must not overwrite the input")
   tax, cfg = _load_taxonomy(taxonomy), load_config(config)
+  if normalize is not None:
+    cfg = dataclasses.replace(cfg, normalize=dataclasses.replace(cfg.normalize,
+                                                                 enabled=normalize))
   rejects: list = []
+  repairs: collections.Counter = collections.Counter()
   rules = _rules(cfg.metadata, tax)
-  n_valid = sum(1 for _ in _examples(in_path, tax, rules, skip_invalid, rejects))
+  n_valid = sum(1 for _ in _examples(in_path, tax, rules, skip_invalid, rejects,
+                                     cfg.normalize, repairs))
   counts: collections.Counter = collections.Counter()
   partial = out_path + ".partial"
   with cache_lib.Cache(sidecar(out_path, "cache")) as store:
@@ -362,6 +429,9 @@ def run(in_path: str | os.PathLike, out_path: str | os.PathLike, *,
     _write_rejects(rejects_path, rejects)
   summary = Summary(out_path, rejects_path, len(scores), len(rejects), counts["llm_calls"],
                     counts["llm_cached"], counts["quality_calls"], counts["quality_cached"],
-                    counts["problems"], time.monotonic() - start, table)
+                    counts["problems"], time.monotonic() - start, table,
+                    n_repaired=repairs.pop("records", 0), repairs=dict(repairs),
+                    reject_reasons=dict(collections.Counter(
+                        reject_reason(reason) for _, reason, _ in rejects)))
   logging.info("%s", summary.format())
   return summary
