@@ -102,8 +102,8 @@ def finetune_config(where: str, variant: str | None, *,
       task="", name="sft", train_files=(f"{v['root']}/data/train.jsonl",),
       eval_files=(f"{v['root']}/data/validation.jsonl",), taxonomy="", template=template,
       variant="markers", p_dataset=0.5, p_sample=0.5, seq_len=seq_len, pack=True,
-      on_bad_record="error", on_overflow="skip", shuffle_buffer=10_000, long_tail_boost=1.0,
-      long_tail_threshold=0.05, seed=0))
+      on_bad_record="error", normalize=False, on_overflow="skip", shuffle_buffer=10_000,
+      long_tail_boost=1.0, long_tail_threshold=0.05, seed=0))
   c.optim = ml_collections.ConfigDict(dict(
       schedule="cosine", peak_lr=2.5e-4, final_lr=1.25e-4, warmup_steps=10, weight_decay=0.01,
       b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0))

@@ -28,6 +28,8 @@ class DataConfig:
     seq_len: positions per row (an example may have seq_len + 1 tokens).
     pack: several examples per row.
     on_bad_record: "error" (raise naming file:line) or "skip" (drop and count).
+    normalize: repair raw chats before validation (`annotate.normalize`: leading assistant
+      turns, repeated roles, empty turns, ShareGPT roles), each repair counted.
     on_overflow: "error", "skip" or "truncate" (cut the completion's end) for long examples.
     shuffle_buffer: examples in the per-epoch shuffle buffer (after host sharding).
     long_tail_boost: > 1 up-samples examples carrying a long-tail marker value that many times.
@@ -47,6 +49,7 @@ class DataConfig:
   seq_len: int = 2048
   pack: bool = True
   on_bad_record: str = "error"
+  normalize: bool = False
   on_overflow: str = "skip"
   shuffle_buffer: int = 10_000
   long_tail_boost: float = 1.0

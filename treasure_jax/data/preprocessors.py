@@ -31,6 +31,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from treasure_jax.annotate import normalize as normalize_lib
 from treasure_jax.data import chat_templates
 from treasure_jax.data import vocab as vocab_lib
 from treasure_jax.markers import dropout as dropout_lib
@@ -105,8 +106,13 @@ class _ScopedCounters(Counters):
 # ---------------------------------------------------------------- pure Python stages
 
 
-def parse_record(text: str, origin: str, tax: taxonomy_lib.Taxonomy) -> dict[str, Any]:
-  """A canonical example from one JSONL record; raises RecordError naming `origin`."""
+def parse_record(text: str, origin: str, tax: taxonomy_lib.Taxonomy, *, normalize: bool = False,
+                 counters: Counters | None = None) -> dict[str, Any]:
+  """A canonical example from one JSONL record; raises RecordError naming `origin`.
+
+  `normalize`: raw chats are first repaired by `annotate.normalize.repair` (the same repairs
+  as `treasure-jax annotate --normalize`), each counted in `counters` as `repaired/<kind>`.
+  """
   try:
     record = json.loads(text)
   except ValueError as e:
@@ -114,6 +120,11 @@ def parse_record(text: str, origin: str, tax: taxonomy_lib.Taxonomy) -> dict[str
   if not isinstance(record, dict):
     raise RecordError(origin, "invalid_json",
                       f"expected a JSON object, got {type(record).__name__}")
+  if normalize:
+    record, repairs = normalize_lib.repair(record)
+    for kind, n in repairs.items():
+      if counters is not None:
+        counters.add(f"repaired/{kind}", n)
   example_id = str(record.get("id", origin))
   where = f"{origin} (id {example_id})" if "id" in record else origin
   record = _split_final_answer(record)
@@ -249,6 +260,7 @@ class ChatOptions:
   fixed_markers: Mapping[str, Any] | None = None
   on_bad_record: str = "error"
   on_overflow: str = "error"
+  normalize: bool = False  # Repair raw chats first (`annotate.normalize`), counted.
 
   def __post_init__(self):
     _check_choice("variant", self.variant, VARIANTS)
@@ -273,7 +285,8 @@ def process_records(texts: Sequence[str], origins: Sequence[str], *, options: Ch
     if counters is not None:
       counters.add("records")
     rendered.append(_guard(lambda: apply_template(add_markers(
-        parse_record(text, origin, options.taxonomy), tax=options.taxonomy,
+        parse_record(text, origin, options.taxonomy, normalize=options.normalize,
+                     counters=counters), tax=options.taxonomy,
         variant=options.variant, dropout=options.dropout, seed=seed, epoch=epoch,
         fixed_markers=options.fixed_markers), options.template), options, counters))
   done = [ex for ex in rendered if ex is not None]

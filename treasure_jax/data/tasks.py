@@ -97,15 +97,16 @@ def register_marker_tasks(source_name: str, source: seqio.DataSource, *,
                           taxonomy: taxonomy_lib.Taxonomy | None = None,
                           dropout: dropout_lib.DropoutConfig | None = None, seed: int = 0,
                           on_bad_record: str = "error", on_overflow: str = "skip",
-                          version: str = VERSION) -> dict[str, str]:
+                          version: str = VERSION, normalize: bool = False) -> dict[str, str]:
   """Registers the marker task and its baseline twin; returns {"markers": ..., "baseline": ...}.
 
-  `template` is "model" (the vocabulary's own chat template) or a built-in name.
+  `template` is "model" (the vocabulary's own chat template) or a built-in name; `normalize`
+  repairs raw chats first (`ChatOptions.normalize`).
   """
   common = dict(taxonomy=taxonomy or taxonomy_lib.default_taxonomy(),
                 template=chat_templates.get(template, vocabulary),
                 dropout=dropout or dropout_lib.DropoutConfig(), seed=seed,
-                on_bad_record=on_bad_record, on_overflow=on_overflow)
+                on_bad_record=on_bad_record, on_overflow=on_overflow, normalize=normalize)
   names = {}
   for variant in ("markers", "baseline"):
     names[variant] = task_name(source_name, template, variant, version)
@@ -150,4 +151,5 @@ def register_from_config(cfg: config_lib.DataConfig, vocabulary: seqio.Vocabular
       cfg.name, sources.JsonlDataSource(split_files), vocabulary=vocabulary,
       template=cfg.template, taxonomy=tax,
       dropout=dropout_lib.DropoutConfig(p_dataset=cfg.p_dataset, p_sample=cfg.p_sample),
-      seed=cfg.seed, on_bad_record=cfg.on_bad_record, on_overflow=cfg.on_overflow)
+      seed=cfg.seed, on_bad_record=cfg.on_bad_record, on_overflow=cfg.on_overflow,
+      normalize=cfg.normalize)
