@@ -1,6 +1,7 @@
 """Annotate: turns raw examples into examples with markers, and builds the bundled data.
 
 Modules, in the order a record meets them:
+- `normalize`: optional repairs of real-world chats (roles, empty/leading turns), counted.
 - `records`: validates JSONL input (prompt/response or chat messages) into a `RecordView`;
   errors name `path:line` and the field.
 - `metadata`: markers from the dataset's own fields, by user rules validated against the
@@ -10,7 +11,7 @@ Modules, in the order a record meets them:
   `formats`.
 - `llm`, `prompts`, `cache`: the LLM classifier of domain/task/format on the prompt.
 - `quality`: reward-model scores and per-language quality buckets.
-- `pipeline`: the resumable annotation run over a file.
+- `pipeline`: the resumable annotation run over a file; `summary`: what it prints at the end.
 Bundled real data, built at run time from installed packages (never committed):
 - `demo_data` (with `chatterbot`): the multilingual chatterbot corpus as a training set.
 - `humaneval_sets` (with `code_mutations`): HumanEval CodeGeneration and CodeFix sets.
