@@ -216,3 +216,36 @@ def test_data_path_uses_the_same_repairs():
   assert ex["messages"] == [turn("user", "2+2?")] and ex["response"] == "4"
   assert counters.snapshot() == {"repaired/dropped_leading_assistant": 1,
                                  "repaired/role_renamed": 3, "repaired/sharegpt_keys": 4}
+
+
+def test_data_option_gives_the_clean_records_tokens():
+  """`ChatOptions.normalize` (set from `data.normalize`): a raw chat trains as its clean twin."""
+  from treasure_jax.data import chat_templates  # pylint: disable=g-import-not-at-top
+  from treasure_jax.data import config as data_config
+  from treasure_jax.data import testing
+  assert not data_config.DataConfig(train_files="x").normalize
+  assert data_config.DataConfig.from_dict({"train_files": "x", "normalize": True}).normalize
+  clean = {"id": "c", "messages": [turn("user", "Hi there"), turn("assistant", "Hello!")],
+           "markers": {"lang": "English"}}
+  raw = {"id": "c", "conversations": [
+      turn("gpt", "Welcome!", True), turn("human", "Hi", True), turn("human", "there", True),
+      turn("gpt", "", True), turn("gpt", "Hello!", True)], "markers": {"lang": "English"}}
+  v = testing.small_bpe_vocabulary()
+
+  def run(record, **kw):
+    options = preprocessors.ChatOptions(taxonomy=TAX, template=chat_templates.get("chatml"),
+                                        **kw)
+    counters = preprocessors.Counters()
+    out = preprocessors.process_records([json.dumps(record)], ["f:1"], options=options,
+                                        vocabulary=v, max_tokens=10_000, seeds=[0], epochs=[0],
+                                        counters=counters)
+    return out[0], counters.snapshot()
+
+  want, _ = run(clean)
+  got, counts = run(raw, normalize=True)
+  assert got["text"] == want["text"].replace("Hi there", "Hi\n\nthere")
+  assert counts == {"records": 1, "repaired/dropped_empty_turn": 1,
+                    "repaired/dropped_leading_assistant": 1, "repaired/merged_same_role": 1,
+                    "repaired/role_renamed": 5, "repaired/sharegpt_keys": 6}
+  skipped, counts = run(raw, on_bad_record="skip")
+  assert skipped is None and counts == {"records": 1, "skipped/missing_prompt": 1}
