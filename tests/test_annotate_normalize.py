@@ -1,5 +1,5 @@
-"""annotate.normalize: each repair by kind, the pipeline's summary and rejects on a mixed real-looking
-file (input = written + rejected), multi-turn conversations, the CLI flag and the data path."""
+"""annotate.normalize: each repair by kind; the summary and rejects on a mixed real-looking file
+(input = written + rejected); multi-turn conversations; the CLI flag; the data path."""
 from __future__ import annotations
 
 import json

@@ -9,7 +9,9 @@ Accepted JSONL records (one JSON object per line):
 Optional fields: `id` (str or int; default: a hash of the conversation, so it is stable when
 files are concatenated or reordered), `markers` (an object of existing markers), `meta`; any
 other field is kept untouched for metadata rules. Every error names where it happened
-(`path:line`) and the field (`messages[3].role`).
+(`path:line`) and the field (`messages[3].role`). Real-world chats that break these rules
+(assistant first, repeated roles, empty turns, ShareGPT keys) can be repaired, counted, by
+`normalize` first.
 
 Deliberately not here: computing markers (`deterministic`, `metadata`, the LLM annotator) and
 reading the JSONL itself (`markers.stats.read_jsonl`, which reports bad JSON by line).
