@@ -14,6 +14,7 @@ from typing import Any
 from treasure_jax.data import chat_templates
 from treasure_jax.data import preprocessors
 
+PIPELINES = ("seqio", "grain")
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -35,6 +36,8 @@ class DataConfig:
     long_tail_boost: > 1 up-samples examples carrying a long-tail marker value that many times.
     long_tail_threshold: share below which a marker value is long-tail.
     seed: the data seed (shuffle order and dropout draws).
+    pipeline: "seqio" (tf.data, seqio tasks and mixtures) or "grain" (no TensorFlow; JSONL
+      train_files; same per-example preprocessing, see `grain_pipeline`).
     train_split / eval_split: split names of the task.
   """
   task: str = ""
@@ -57,6 +60,7 @@ class DataConfig:
   seed: int = 0
   train_split: str = "train"
   eval_split: str = "validation"
+  pipeline: str = "seqio"
 
   def __post_init__(self):
     for key in ("train_files", "eval_files"):
@@ -70,6 +74,8 @@ class DataConfig:
     if self.template != "model" and self.template not in chat_templates.BUILTIN:
       raise ValueError(f"DataConfig.template={self.template!r}: use model, "
                        f"{', '.join(chat_templates.BUILTIN)}")
+    if self.pipeline not in PIPELINES:
+      raise ValueError(f"DataConfig.pipeline={self.pipeline!r}: use {', '.join(PIPELINES)}")
     if self.variant not in ("markers", "baseline"):
       raise ValueError(f"DataConfig.variant={self.variant!r}: use markers or baseline")
     for key, allowed in (("on_bad_record", preprocessors.ON_BAD_RECORD),

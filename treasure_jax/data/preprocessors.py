@@ -28,12 +28,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import seqio
-import tensorflow as tf
 
 from treasure_jax.annotate import normalize as normalize_lib
 from treasure_jax.data import chat_templates
-from treasure_jax.data import vocab as vocab_lib
+from treasure_jax.data import token_offsets
 from treasure_jax.markers import dropout as dropout_lib
 from treasure_jax.markers import taxonomy as taxonomy_lib
 from treasure_jax.markers import template as template_lib
@@ -222,7 +220,7 @@ def tokenize(example: Mapping[str, Any], vocabulary: seqio.Vocabulary, *, max_to
   do not write one) is a response token. `encoded`: `vocab.encode_with_offsets` of the text,
   when the caller tokenized a batch at once.
   """
-  ids, starts = encoded or vocab_lib.encode_with_offsets(vocabulary, [example["text"]])[0]
+  ids, starts = encoded or token_offsets.encode_with_offsets(vocabulary, [example["text"]])[0]
   completion = (starts >= example["completion_start"]) & (starts < example["completion_end"])
   markers = completion & (starts >= example["markers_start"]) & (
       starts < example["response_start"])
@@ -290,7 +288,7 @@ def process_records(texts: Sequence[str], origins: Sequence[str], *, options: Ch
         variant=options.variant, dropout=options.dropout, seed=seed, epoch=epoch,
         fixed_markers=options.fixed_markers), options.template), options, counters))
   done = [ex for ex in rendered if ex is not None]
-  encoded = iter(vocab_lib.encode_with_offsets(vocabulary, [ex["text"] for ex in done]))
+  encoded = iter(token_offsets.encode_with_offsets(vocabulary, [ex["text"] for ex in done]))
   return [None if ex is None else _guard(lambda: tokenize(
       ex, vocabulary, max_tokens=max_tokens, on_overflow=options.on_overflow,
       counters=counters, encoded=next(encoded)), options, counters) for ex in rendered]
@@ -325,6 +323,7 @@ def chat_preprocessor(dataset: tf.data.Dataset, output_features: Mapping[str, se
   through Python `batch_size` at a time: one `tf.numpy_function` call per batch, not per stage
   and example.
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (the Grain path has no TF)
   vocabulary = output_features["targets"].vocabulary
   max_tokens = (sequence_length or {}).get("targets") or np.iinfo(np.int32).max
   has_seed, has_epoch = "seed" in dataset.element_spec, "epoch" in dataset.element_spec

@@ -25,6 +25,8 @@ import seqio
 import tensorflow as tf
 import tokenizers
 
+from treasure_jax.data import token_offsets
+
 KINDS = ("hf", "sentencepiece", "gguf")
 # Keys of tokenizer_config.json that transformers passes to chat templates.
 _SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token",
@@ -224,15 +226,8 @@ def encode_with_offsets(vocabulary: seqio.Vocabulary, texts: Sequence[str]
   The ids are exactly `vocabulary.encode(text)`; a token made of part of a character (byte-level
   BPE splitting a CJK character) starts where that character starts.
   """
-  if isinstance(vocabulary, HfTokenizerVocabulary):
-    tok, out = vocabulary.tokenizer, []
-    # encode_batch hands even one text to a thread pool; a plain encode is cheaper then.
-    encs = ([tok.encode(texts[0], add_special_tokens=False)] if len(texts) == 1
-            else tok.encode_batch(list(texts), add_special_tokens=False))
-    for enc in encs:
-      starts = np.fromiter((o[0] for o in enc.offsets), np.int64, len(enc.offsets))
-      out.append((np.asarray(enc.ids, np.int32), starts))
-    return out
+  if token_offsets.is_hf(vocabulary):
+    return token_offsets.encode_with_offsets(vocabulary, texts)
   if isinstance(vocabulary, seqio.SentencePieceVocabulary):
     return [_sentencepiece_offsets(vocabulary, t) for t in texts]
   raise TypeError(f"encode_with_offsets does not support {type(vocabulary).__name__}; "
