@@ -7,7 +7,8 @@ level BPE with offsets) -> pack, through `iterator.make_train_iterator`, i.e. ex
 training consumes, after a warm-up batch. Also times each Python stage alone and the tokenizer
 routes (eager batch, tf.data batched `encode_tf`, tf.data per-string `encode_tf`), so a slow
 figure can be traced to its stage. Prints one JSON object per line; the last one holds
-`tokens_per_s` (non-padding positions per second) and `examples_per_s`.
+`tokens_per_s` (non-padding positions per second) and `examples_per_s` of the seqio path; the
+line before it the Grain path's (`grain_pipeline`, same files and config) start-up and tokens/s.
 
 The data is `treasure_jax.annotate.demo_data.build` (the chatterbot corpus, annotated); if that
 module cannot run, the chatterbot yml files are turned into records directly.
@@ -105,6 +106,28 @@ def _tokenizer_routes(vocabulary, texts: list[str]) -> dict[str, float]:
   return out
 
 
+def _measure_grain(cfg, vocabulary, args) -> None:
+  """The Grain pipeline on the same files and config: start-up (index the JSONL, first batch)
+  and tokens/s over `args.batches` batches."""
+  # pylint: disable=g-import-not-at-top  (imported after the core limit is set)
+  import dataclasses
+  from treasure_jax.data import grain_pipeline
+  cfg = dataclasses.replace(cfg, pipeline="grain")
+  t = time.perf_counter()
+  it = grain_pipeline.make_train_iterator(
+      cfg, options=grain_pipeline.chat_options(cfg, vocabulary), vocabulary=vocabulary,
+      global_batch_size=args.batch)
+  next(it)
+  startup = time.perf_counter() - t
+  t, tokens = time.perf_counter(), 0
+  for _ in range(args.batches):
+    tokens += int((next(it)["segment_ids"] > 0).sum())
+  elapsed = time.perf_counter() - t
+  print(json.dumps({"grain_startup_s": round(startup, 2),
+                    "grain_tokens_per_s": round(tokens / elapsed, 1),
+                    "grain_batches_per_s": round(args.batches / elapsed, 3)}), flush=True)
+
+
 def main(argv: list[str]) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batches", type=int, default=30)
@@ -139,9 +162,12 @@ def main(argv: list[str]) -> None:
   cfg = config.DataConfig(name="bench", train_files=(train,), eval_files=(val,),
                           template="model", taxonomy=tax_path, seq_len=args.seq_len,
                           on_overflow="truncate", shuffle_buffer=10_000)
+  t = time.perf_counter()
   it = iterator.make_train_iterator(cfg, vocab=vocabulary, global_batch_size=args.batch,
                                     shard_info=seqio.ShardInfo(0, 1))
   next(it)  # Warm-up: opens files, traces the tf.data graph, fills the shuffle buffer.
+  print(json.dumps({"seqio_startup_s": round(time.perf_counter() - t, 2)}), flush=True)
+  _measure_grain(cfg, vocabulary, args)
   t = time.perf_counter()
   tokens = examples = 0
   efficiency = []
