@@ -135,3 +135,25 @@ def test_grain_path_imports_no_tensorflow(cfg):
                        env=env, timeout=300, check=False)
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_parquet_and_arrayrecord_give_the_jsonl_examples(cfg, bpe, tmp_path):
+  import dataclasses
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  from array_record.python import array_record_module
+  with open(cfg.train_files[0], encoding="utf-8") as f:
+    lines = [line.strip() for line in f if line.strip()]
+  pq.write_table(pa.table({"record": lines}), str(tmp_path / "a.parquet"))
+  writer = array_record_module.ArrayRecordWriter(str(tmp_path / "a.arrayrecord"), "group_size:1")
+  for line in lines:
+    writer.write(line.encode("utf-8"))
+  writer.close()
+  want = {ex["id"]: ex for ex in _grain_examples(cfg, bpe, 20)}
+  for name in ("a.parquet", "a.arrayrecord"):
+    other = dataclasses.replace(cfg, train_files=(str(tmp_path / name),))
+    got = {ex["id"]: ex for ex in _grain_examples(other, bpe, 20)}
+    assert got.keys() == want.keys(), name
+    for key, ex in got.items():
+      for k in KEYS:
+        np.testing.assert_array_equal(ex[k], want[key][k], err_msg=f"{name} {key} {k}")

@@ -1,4 +1,4 @@
-"""The TF-free input pipeline: annotated JSONL through Grain to packed, resumable batches.
+"""The TF-free input pipeline: annotated JSONL, Parquet or ArrayRecord files through Grain to packed, resumable batches.
 
 Per example it runs the very stages the seqio path runs (`preprocessors.process_records`:
 taxonomy validation, markers with dropout keyed by (seed, example id, epoch), chat template,
@@ -7,11 +7,13 @@ What differs is the order: Grain shuffles the host's shard globally per epoch
 (`MapDataset.shuffle`, re-seeded each epoch) where tf.data uses a shuffle buffer. Rows are packed
 by Grain's `FirstFitPackIterDataset` (the first-fit rule of `features.RowPacker`) and carry the
 same `features.BATCH_KEYS`. The iterator state is Grain's own (JSON), saved with the checkpoint
-like the seqio iterator's. Converting files is `formats`' job; seqio is `iterator`'s.
+like the seqio iterator's. The seqio path is `iterator`'s.
 """
 from __future__ import annotations
 
 import glob
+import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,6 +68,53 @@ class JsonlSource:
     return {"record": text, "origin": f"{self._paths[f]}:{line_no}"}
 
 
+class ParquetSource:
+  """Rows of Parquet files: the `record` column (JSON text) if present, else each row as JSON;
+  origin "path#row"."""
+
+  def __init__(self, paths: list[str]):
+    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top  (only for Parquet)
+    self._records, self._origins = [], []
+    for path in paths:
+      table = pq.read_table(_open(path))
+      rows = (table.column("record").to_pylist() if "record" in table.column_names
+              else [json.dumps(r, ensure_ascii=False) for r in table.to_pylist()])
+      self._records.extend(rows)
+      self._origins.extend(f"{path}#{i}" for i in range(len(rows)))
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitem__(self, i: int) -> dict[str, str]:
+    return {"record": self._records[i], "origin": self._origins[i]}
+
+
+class ArrayRecordSource:
+  """Records (UTF-8 JSON) of ArrayRecord files; origin "path#index"."""
+
+  def __init__(self, paths: list[str]):
+    self._inner, self._paths = grain.sources.ArrayRecordDataSource(paths), paths
+    self._ends = np.cumsum([len(grain.sources.ArrayRecordDataSource([p])) for p in paths])
+
+  def __len__(self) -> int:
+    return len(self._inner)
+
+  def __getitem__(self, i: int) -> dict[str, str]:
+    f = int(np.searchsorted(self._ends, i, side="right"))
+    start = int(self._ends[f - 1]) if f else 0
+    return {"record": self._inner[i].decode("utf-8"), "origin": f"{self._paths[f]}#{i - start}"}
+
+
+def source(patterns: tuple[str, ...]) -> Any:
+  """A random-access record source over JSONL, Parquet or ArrayRecord files (by extension)."""
+  files = list_files(patterns)
+  kinds = {os.path.splitext(f)[1] for f in files}
+  if len(kinds) != 1 or not kinds <= set(_SOURCES):
+    raise ValueError(f"data files {patterns}: one kind of {', '.join(_SOURCES)} expected, got "
+                     f"{sorted(kinds)}")
+  return _SOURCES[kinds.pop()](files)
+
+
 def _open(path: str) -> Any:
   if "://" in path:
     from etils import epath  # pylint: disable=g-import-not-at-top
@@ -73,13 +122,15 @@ def _open(path: str) -> Any:
   return open(path, "rb")
 
 
+_SOURCES = {".jsonl": JsonlSource, ".parquet": ParquetSource, ".arrayrecord": ArrayRecordSource}
+
+
 def examples(cfg: config_lib.DataConfig, options: preprocessors.ChatOptions, vocabulary: Any,
              *, max_tokens: int, shard: tuple[int, int], seed: int,
              counters: preprocessors.Counters | None = None) -> grain.MapDataset:
   """Tokenized examples of this host's shard, epoch after epoch (None = skipped, filtered)."""
-  source = JsonlSource(list_files(cfg.train_files))
   index, count = shard
-  ds = grain.MapDataset.source(source)[index::count]
+  ds = grain.MapDataset.source(source(cfg.train_files))[index::count]
   n = len(ds)
   if not n:
     raise ValueError(f"data shard {index} of {count} has no records ({cfg.train_files})")
@@ -165,7 +216,7 @@ def make_train_iterator(cfg: config_lib.DataConfig, *, options: preprocessors.Ch
                         vocabulary: Any, global_batch_size: int, seq_len: int | None = None,
                         shard: tuple[int, int] = (0, 1), seed: int | None = None
                         ) -> GrainBatchIterator:
-  """This host's infinite, resumable training batches over `cfg.train_files` (JSONL)."""
+  """This host's infinite, resumable training batches over `cfg.train_files`."""
   if cfg.task or cfg.long_tail_boost > 1:
     raise ValueError("data.pipeline='grain' reads train_files; seqio tasks, mixtures and "
                      "long_tail_boost need data.pipeline='seqio'")
