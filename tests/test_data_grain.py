@@ -157,3 +157,27 @@ def test_parquet_and_arrayrecord_give_the_jsonl_examples(cfg, bpe, tmp_path):
     for key, ex in got.items():
       for k in KEYS:
         np.testing.assert_array_equal(ex[k], want[key][k], err_msg=f"{name} {key} {k}")
+
+
+def test_data_convert_cli(cfg, bpe, tmp_path):
+  """`treasure-jax data convert`: bad lines named file:line (error, or skipped and listed); the
+  output reads back as the same examples."""
+  import dataclasses
+  with open(cfg.train_files[0], encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text("\n".join(lines[:3] + ['{"prompt": "hi"}'] + lines[3:]) + "\n")
+  cmd = [sys.executable, "-m", "treasure_jax.cli", "data", "convert", str(bad)]
+  out = subprocess.run(cmd + [str(tmp_path / "o.parquet")], capture_output=True, text=True,
+                       check=False, timeout=120)
+  assert out.returncode == 2 and f"{bad}:4" in out.stderr and "response" in out.stderr
+  assert "Traceback" not in out.stderr
+  out = subprocess.run(cmd + [str(tmp_path / "o.arrayrecord"), "--skip-invalid"],
+                       capture_output=True, text=True, check=False, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert json.loads(out.stdout.splitlines()[-1]) == {"written": len(lines), "skipped": 1}
+  assert f"{bad}:4" in out.stderr
+  other = dataclasses.replace(cfg, train_files=(str(tmp_path / "o.arrayrecord"),))
+  want = {ex["id"]: ex["targets"] for ex in _grain_examples(cfg, bpe, 10)}
+  got = {ex["id"]: ex["targets"] for ex in _grain_examples(other, bpe, 10)}
+  assert got.keys() == want.keys()

@@ -96,6 +96,16 @@ def _data_build_demo(args: argparse.Namespace) -> None:
   print(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
 
 
+def _data_convert(args: argparse.Namespace) -> None:
+  from treasure_jax.data import formats
+  from treasure_jax.markers import taxonomy
+  tax = taxonomy.load(args.taxonomy) if args.taxonomy else taxonomy.default_taxonomy()
+  summary = formats.convert(args.input, args.output, tax=tax, skip_invalid=args.skip_invalid)
+  for line in summary["bad"]:
+    print(f"skipped {line}", file=sys.stderr)
+  print(json.dumps({k: v for k, v in summary.items() if k != "bad"}))
+
+
 def _add_data(sub) -> None:
   p = sub.add_parser("data", help="bundled data sets")
   dsub = p.add_subparsers(dest="data_command", required=True)
@@ -106,6 +116,12 @@ def _add_data(sub) -> None:
   b.add_argument("--no-humaneval", action="store_true", help="skip the code evaluation sets")
   b.add_argument("--humaneval-limit", type=int, default=None, help="first N problems only")
   b.set_defaults(func=_data_build_demo)
+  c = dsub.add_parser("convert", help="annotated JSONL to ArrayRecord or Parquet (Grain pipeline)")
+  c.add_argument("input", help="annotated JSONL")
+  c.add_argument("output", help="OUT.arrayrecord or OUT.parquet")
+  c.add_argument("--taxonomy", default="", help="taxonomy JSON/YAML (default: built-in)")
+  c.add_argument("--skip-invalid", action="store_true", help="skip (and list) bad lines")
+  c.set_defaults(func=_data_convert)
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -292,6 +308,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
            IsADirectoryError, PermissionError, FileExistsError]
   # Each stage's own "your input is wrong" errors; imported lazily, only if already loaded.
   for module, names in [("treasure_jax.annotate.records", ["RecordError"]),
+                        ("treasure_jax.data.preprocessors", ["RecordError"]),
                         ("treasure_jax.annotate.metadata", ["MetadataError"]),
                         ("treasure_jax.annotate.llm", ["LlmError"]),
                         ("treasure_jax.annotate.quality", ["QualityError"]),
