@@ -50,19 +50,25 @@ def memory_bandwidth_gbs(nbytes: int = 512 * 2**20, repeats: int = 5) -> float:
 
 
 def ours(hf_dir: str, prompt_ids: list[list[int]], new_tokens: int, dtype: str) -> tuple[float, int]:
-  from treasure_jax.decode import generate
   from treasure_jax.model import hf
   from treasure_jax.model import transformer
   _, model = hf.load_dir(hf_dir, dtype=dtype, param_dtype=dtype)
+  nbytes = transformer.param_count(model) * np.dtype(dtype).itemsize
+  return time_generate(model, prompt_ids, new_tokens), nbytes
+
+
+def time_generate(model, prompt_ids: list[list[int]], new_tokens: int, repeats: int = 3) -> float:
+  """Greedy tokens/s of `generate.generate` (no EOS: exactly `new_tokens` per prompt), the best
+  of `repeats` timed runs after one warm-up run (compilation)."""
+  from treasure_jax.decode import generate
   generate.generate(model, prompt_ids, max_new_tokens=new_tokens)  # Compile.
   elapsed = float("inf")
-  for _ in range(3):
+  for _ in range(repeats):
     t = time.perf_counter()
     out = generate.generate(model, prompt_ids, max_new_tokens=new_tokens)
     elapsed = min(elapsed, time.perf_counter() - t)
   assert all(len(x) == new_tokens for x in out.tokens)
-  nbytes = transformer.param_count(model) * np.dtype(dtype).itemsize
-  return sum(map(len, out.tokens)) / elapsed, nbytes
+  return sum(map(len, out.tokens)) / elapsed
 
 
 def peer(hf_dir: str, prompt_ids: list[list[int]], new_tokens: int) -> float:

@@ -65,12 +65,34 @@ def _jax_step(name: str, dtype: str, batch: int, seq_len: int, steps: int) -> di
   fn = jax.jit(functools.partial(step_lib.train_step, graphdef=graphdef, optimizer=tx,
                                  lr_schedule=optim.schedule(opt_cfg, 1000), plan=plan),
                donate_argnums=0)
-  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq_len + 1), np.int32)
+  data = random_batch(cfg.vocab_size, batch, seq_len)
+  train_state, m, compile_s, times = time_steps(fn, train_state, data, steps)
+  stats = jax.devices()[0].memory_stats() or {}
+  flops = mfu.flops_per_token(cfg, seq_len)
+  return {"step_time_s": float(np.median(times)), "compile_s": compile_s,
+          "peak_memory_bytes": stats.get("peak_bytes_in_use", _peak_memory()),
+          "memory_kind": "device peak" if stats else "process peak RSS",
+          "flops_per_token": flops.per_token, "flop_formula": flops.formula,
+          "loss": float(m["loss"]), "device": str(jax.devices()[0].device_kind),
+          "dtype": cfg.dtype, "jax_matmul_peak": mfu.measure_matmul_peak(cfg.dtype)}
+
+
+def random_batch(vocab_size: int, batch: int, seq_len: int) -> dict:
+  """A [batch, seq_len] train batch of random tokens, every token in the loss, one sequence
+  per row (speed does not depend on the tokens)."""
+  import numpy as np
+  tokens = np.random.default_rng(0).integers(0, vocab_size, (batch, seq_len + 1), np.int32)
   ones = np.ones((batch, seq_len), np.float32)
-  data = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_weights": ones,
+  return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_weights": ones,
           "marker_weights": 0 * ones, "response_weights": ones,
           "segment_ids": ones.astype(np.int32),
           "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch, seq_len))}
+
+
+def time_steps(fn, train_state, data: dict, steps: int) -> tuple:
+  """(state, metrics, first-call seconds (compile + one step), [seconds of each later step])
+  of `steps` + 1 calls of the jitted `fn(train_state, data)`, each waited for."""
+  import jax
   start = time.perf_counter()
   train_state, m = fn(train_state, data)
   jax.block_until_ready(m)
@@ -81,14 +103,7 @@ def _jax_step(name: str, dtype: str, batch: int, seq_len: int, steps: int) -> di
     train_state, m = fn(train_state, data)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - start)
-  stats = jax.devices()[0].memory_stats() or {}
-  flops = mfu.flops_per_token(cfg, seq_len)
-  return {"step_time_s": float(np.median(times)), "compile_s": compile_s,
-          "peak_memory_bytes": stats.get("peak_bytes_in_use", _peak_memory()),
-          "memory_kind": "device peak" if stats else "process peak RSS",
-          "flops_per_token": flops.per_token, "flop_formula": flops.formula,
-          "loss": float(m["loss"]), "device": str(jax.devices()[0].device_kind),
-          "dtype": cfg.dtype, "jax_matmul_peak": mfu.measure_matmul_peak(cfg.dtype)}
+  return train_state, m, compile_s, times
 
 
 def _torch_step(name: str, dtype: str, batch: int, seq_len: int, steps: int) -> dict:
