@@ -42,7 +42,8 @@ def demo_dir() -> str:
   path = os.environ.get("TREASURE_JAX_DEMO_DIR",
                         os.path.expanduser("~/.cache/treasure_jax/demo"))
   if not os.path.exists(os.path.join(path, "train.jsonl")):
-    _build_into(path, "train.jsonl", lambda tmp: demo_data.build(tmp, humaneval=False))
+    _build_into(path, "train.jsonl", lambda tmp: demo_data.build(tmp, humaneval=False,
+                                                       sources=("chatterbot",)))
   tokenizer = os.path.join(path, "tokenizer")
   if not os.path.exists(os.path.join(tokenizer, "tokenizer.json")):
     gguf_path = convert.smollm2_gguf_path()

@@ -190,6 +190,8 @@ def test_annotate_reads_the_final_assistant_turn_and_respects_the_taxonomy(tax):
 
 def test_length_bucket_uses_the_taxonomy_cuts(tax):
   text = " ".join(["word"] * 350)
-  assert deterministic.annotate(text, tax)["length_bucket"] == "medium"
+  paper_cuts = dataclasses.replace(tax, length_bucket_cuts=(300, 1000))
+  assert deterministic.annotate(text, paper_cuts)["length_bucket"] == "medium"
+  assert deterministic.annotate(text, tax)["length_bucket"] == "long"  # Demo cuts 50 / 150.
   short_cuts = dataclasses.replace(tax, length_bucket_cuts=(10, 20))
   assert deterministic.annotate(text, short_cuts)["length_bucket"] == "long"
