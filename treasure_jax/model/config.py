@@ -3,11 +3,13 @@
 Family differences are a handful of explicit fields (biases, norm offset, soft-capping, sliding
 windows, ...), never subclasses. `family` only names the Hugging Face `model_type` used on export;
 the forward pass reads the explicit fields. Reading configs from Hugging Face lives in `hf.py`,
-the mesh/sharding configuration in `sharding.py`.
+the mesh/sharding configuration in `sharding.py`. `LoraConfig` (the `model.lora` section) names
+low-rank adapters on top of the architecture; their mechanics live in `lora.py`.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Mapping
 
 import jax.numpy as jnp
@@ -22,6 +24,53 @@ ATTENTION_KINDS = ("global", "local")
 # that loads it, and not part of a Hugging Face config.
 EXECUTION_FIELDS = ("param_dtype", "dtype", "remat", "scan_layers", "attention_impl",
                     "fuse_projections")
+# Projections a LoRA adapter may target (HF PEFT `target_modules` names).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  """Low-rank adapters W + (alpha / rank) * A B on the projections that `targets` name.
+
+  Attributes:
+    rank: r, the inner dimension of A [in, r] and B [r, out].
+    alpha: the update is scaled by alpha / rank (HF PEFT's `lora_alpha`, no rsLoRA).
+    dropout: must be 0.0: the train step is deterministic (no RNG reaches the model), so PEFT's
+      dropout on the adapter input is not implemented; a non-zero value fails at start-up.
+    targets: regular expressions, each fully matching one or more of LORA_TARGETS, e.g.
+      ("q_proj", "v_proj") or (".*_proj",).
+  """
+  rank: int = 16
+  alpha: float = 32.0
+  dropout: float = 0.0
+  targets: tuple[str, ...] = LORA_TARGETS
+
+  def __post_init__(self):
+    targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
+    object.__setattr__(self, "targets", targets)
+    if self.rank < 1:
+      raise ValueError(f"model.lora.rank={self.rank} must be >= 1")
+    if self.dropout != 0.0:
+      raise ValueError(f"model.lora.dropout={self.dropout}: only 0.0 is supported (the train "
+                       "step runs the model without an RNG)")
+    if not targets:
+      raise ValueError("model.lora.targets: name at least one projection")
+    for pattern in targets:
+      try:
+        matched = [name for name in LORA_TARGETS if re.fullmatch(pattern, name)]
+      except re.error as e:
+        raise ValueError(f"model.lora.targets: {pattern!r} is not a regular expression: {e}")
+      if not matched:
+        raise ValueError(f"model.lora.targets: {pattern!r} matches none of "
+                         f"{', '.join(LORA_TARGETS)}")
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank
+
+  def targeted(self) -> tuple[str, ...]:
+    """The projection names (of LORA_TARGETS) that get an adapter."""
+    return tuple(n for n in LORA_TARGETS if any(re.fullmatch(p, n) for p in self.targets))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +104,10 @@ class ModelConfig:
       concatenated at use (parameters stay one per projection, as in HF checkpoints). Skipped
       where the sharding plan splits heads or mlp over the mesh (tensor parallelism), whose
       shards a concatenation would have to gather. Same math; on XLA:CPU one wide matmul runs
-      ~20% faster per layer than three narrow ones (benchmarks/train_step.py).
+      ~20% faster per layer than three narrow ones (benchmarks/train_step.py). With LoRA the
+      base kernels stay fused and each targeted projection adds its own adapter's update.
+    lora: low-rank adapters (LoraConfig) or None. Not an architecture field: a LoRA run's base
+      checkpoint has none, and Hugging Face export goes through `lora_io`.
   """
   vocab_size: int
   num_layers: int
@@ -87,6 +139,7 @@ class ModelConfig:
   scan_layers: bool = False
   attention_impl: str = "xla"
   fuse_projections: bool = True
+  lora: LoraConfig | None = None
 
   def __post_init__(self):
     _check_choice("family", self.family, FAMILIES)
@@ -149,12 +202,22 @@ def from_dict(d: Mapping[str, Any]) -> ModelConfig:
     raise ValueError(f"model config: unknown key(s) {unknown}; known: {sorted(names)}")
   if isinstance(d.get("rope_scaling"), Mapping):
     d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+  if isinstance(d.get("lora"), Mapping):
+    d["lora"] = _lora_from_dict(d["lora"])
   if "attention_pattern" in d:
     d["attention_pattern"] = tuple(d["attention_pattern"])
   preset_name = d.pop("preset", None)
   if preset_name:
     return preset(preset_name, **d)
   return ModelConfig(**d)
+
+
+def _lora_from_dict(d: Mapping[str, Any]) -> LoraConfig:
+  names = {f.name for f in dataclasses.fields(LoraConfig)}
+  unknown = sorted(set(d) - names)
+  if unknown:
+    raise ValueError(f"model.lora: unknown key(s) {unknown}; known: {sorted(names)}")
+  return LoraConfig(**d)
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:

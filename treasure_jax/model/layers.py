@@ -19,6 +19,7 @@ from jax import ad_checkpoint
 
 from treasure_jax.model import attention
 from treasure_jax.model import config as config_lib
+from treasure_jax.model import lora
 from treasure_jax.model import sharding
 
 # Activations tagged for the "minimal" remat policy: the projection outputs are saved, the
@@ -50,21 +51,32 @@ class Linear(nnx.Module):
 
   def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
                in_axes: tuple[str, ...], out_axes: tuple[str, ...], *, use_bias: bool,
-               cfg: config_lib.ModelConfig, rngs: nnx.Rngs):
+               cfg: config_lib.ModelConfig, rngs: nnx.Rngs, name: str = ""):
+    """`name` (e.g. "q_proj") is what `cfg.lora.targets` match to give it an adapter."""
     self.n_in = len(in_shape)
     self.dtype = cfg.jnp_dtype
     stddev = 1.0 / math.sqrt(math.prod(in_shape))
-    kernel = stddev * jax.random.truncated_normal(
-        rngs.params(), -2.0, 2.0, in_shape + out_shape, jnp.float32)
+    key = rngs.params()
+    kernel = stddev * jax.random.truncated_normal(key, -2.0, 2.0, in_shape + out_shape,
+                                                  jnp.float32)
     self.kernel = _param(kernel.astype(cfg.jnp_param_dtype), in_axes + out_axes)
     self.bias = (_param(jnp.zeros(out_shape, cfg.jnp_param_dtype), out_axes) if use_bias
                  else None)
+    self.lora = lora.adapter(cfg, name, in_shape, out_shape, in_axes, out_axes, key)
+    self.lora_scale = cfg.lora.scale if self.lora is not None else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), axes=self.n_in)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
-    return y
+    return self.adapted(x, y)
+
+  def adapted(self, x: jax.Array, y: jax.Array) -> jax.Array:
+    """`y` (this projection's base output for `x`) plus its LoRA update, if it has an adapter."""
+    if self.lora is None:
+      return y
+    return y + lora.delta(self.lora, x, self.n_in, self.kernel.shape[self.n_in:],
+                          self.lora_scale).astype(y.dtype)
 
 
 def project_together(x: jax.Array, linears: Sequence[Linear]) -> list[jax.Array]:
@@ -80,7 +92,8 @@ def project_together(x: jax.Array, linears: Sequence[Linear]) -> list[jax.Array]
   outs = []
   for lin, shape, part in zip(linears, out_shapes, jnp.split(y, sizes, axis=-1)):
     part = part.reshape(part.shape[:-1] + shape)
-    outs.append(part if lin.bias is None else part + lin.bias[...].astype(lin.dtype))
+    part = part if lin.bias is None else part + lin.bias[...].astype(lin.dtype)
+    outs.append(lin.adapted(x, part))  # Adapters stay per projection (see lora.py).
   return outs
 
 
@@ -150,13 +163,13 @@ class Attention(nnx.Module):
     d, n, k, h = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     self.cfg = cfg
     self.q_proj = Linear((d,), (n, h), ("embed",), ("heads", "head_dim"), use_bias=cfg.qkv_bias,
-                         cfg=cfg, rngs=rngs)
+                         cfg=cfg, rngs=rngs, name="q_proj")
     self.k_proj = Linear((d,), (k, h), ("embed",), ("kv_heads", "head_dim"),
-                         use_bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
+                         use_bias=cfg.qkv_bias, cfg=cfg, rngs=rngs, name="k_proj")
     self.v_proj = Linear((d,), (k, h), ("embed",), ("kv_heads", "head_dim"),
-                         use_bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
+                         use_bias=cfg.qkv_bias, cfg=cfg, rngs=rngs, name="v_proj")
     self.o_proj = Linear((n, h), (d,), ("heads", "head_dim"), ("embed",), use_bias=cfg.out_bias,
-                         cfg=cfg, rngs=rngs)
+                         cfg=cfg, rngs=rngs, name="o_proj")
     self.scale = (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
 
   def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array, segment_ids_BT: jax.Array, *,
@@ -216,9 +229,12 @@ class MLP(nnx.Module):
 
   def __init__(self, cfg: config_lib.ModelConfig, *, rngs: nnx.Rngs):
     d, f = cfg.embed_dim, cfg.mlp_dim
-    self.gate_proj = Linear((d,), (f,), ("embed",), ("mlp",), use_bias=False, cfg=cfg, rngs=rngs)
-    self.up_proj = Linear((d,), (f,), ("embed",), ("mlp",), use_bias=False, cfg=cfg, rngs=rngs)
-    self.down_proj = Linear((f,), (d,), ("mlp",), ("embed",), use_bias=False, cfg=cfg, rngs=rngs)
+    self.gate_proj = Linear((d,), (f,), ("embed",), ("mlp",), use_bias=False, cfg=cfg, rngs=rngs,
+                            name="gate_proj")
+    self.up_proj = Linear((d,), (f,), ("embed",), ("mlp",), use_bias=False, cfg=cfg, rngs=rngs,
+                          name="up_proj")
+    self.down_proj = Linear((f,), (d,), ("mlp",), ("embed",), use_bias=False, cfg=cfg, rngs=rngs,
+                            name="down_proj")
     self.activation = cfg.activation
     self.cfg = cfg
 

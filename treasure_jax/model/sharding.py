@@ -28,7 +28,8 @@ Rules = tuple[tuple[str, MeshAxes], ...]
 LogicalAxes = Sequence[str | None]
 
 # The rules table: logical axis -> mesh axes, one column per preset. Parameter names: "embed",
-# "vocab", "heads", "kv_heads", "head_dim", "mlp", "layers", "norm". Activation names: "batch",
+# "vocab", "heads", "kv_heads", "head_dim", "mlp", "layers", "norm", "lora_rank" (the r of LoRA
+# adapters, replicated: A and B shard along their other axis). Activation names: "batch",
 # "seq", "act_embed" (the residual stream's D must not follow the parameters' fsdp sharding),
 # "cache_seq". "heads"/"kv_heads"/"mlp"/"vocab" serve both.
 _PRESETS = ("dp", "fsdp", "fsdp_tp")
@@ -46,6 +47,7 @@ _TABLE: dict[str, tuple[MeshAxes, MeshAxes, MeshAxes]] = {
     "mlp":        (None,        None,        "tensor"),
     "layers":     (None,        None,        None),
     "norm":       (None,        None,        None),
+    "lora_rank":  (None,        None,        None),
 }
 
 
