@@ -136,6 +136,9 @@ def _schema_hint(key: str) -> Any:
     if not (dataclasses.is_dataclass(cls) and name in {f.name for f in dataclasses.fields(cls)}):
       return None
     hint = typing.get_type_hints(cls)[name]
+    inner = [a for a in typing.get_args(hint) if a is not type(None)]
+    if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):  # An optional section (model.lora).
+      hint = inner[0]
     if i == len(parts) - 1:
       return None if dataclasses.is_dataclass(hint) else hint
     cls = hint

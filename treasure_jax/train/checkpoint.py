@@ -3,7 +3,8 @@
 A checkpoint at step s holds the state after s updates, as items: `params` and `opt_state`
 (flat "a.b.c" → array dicts, restored straight into their shardings), `train` (step, RNG key),
 and JSON items `data` (the data iterator's position), `config` (the resolved run config),
-`taxonomy` and `meta` (model config, tokenizer and chat template: what decoding needs). Saves
+`taxonomy` and `meta` (model config, tokenizer and chat template: what decoding needs; a LoRA
+run's `params`/`opt_state` are its adapters only and meta "base" points to its base). Saves
 are asynchronous; orbax writes to a temporary directory and renames it when complete, so a run
 killed mid-save leaves no half step. A step that cannot be read (corrupt or incomplete files) is
 moved to `checkpoints_corrupt/` with a warning and the previous step is restored instead; a step
@@ -29,6 +30,7 @@ from treasure_jax.model import config as model_config
 from treasure_jax.model import hf
 from treasure_jax.model import sharding as sharding_lib
 from treasure_jax.model import transformer
+from treasure_jax.train import base_model
 from treasure_jax.train import state as state_lib
 
 SUBDIR = "checkpoints"
@@ -209,14 +211,16 @@ def load_for_inference(path: str, *, mesh: jax.sharding.Mesh | None = None,
   meta = small["meta"]
   cfg = model_config.from_dict(meta["model_config"])
   cfg = dataclasses.replace(cfg, dtype=dtype or cfg.param_dtype)
-  model = _restore_params(manager, step, cfg, mesh, rules)
+  model = _restore_params(manager, step, cfg, mesh, rules, meta.get("base"))
   info = {"source": "checkpoint", "step": step, **{k: v for k, v in meta.items()
                                                    if k != "model_config"}}
   return Loaded(cfg, model, taxonomy_lib.from_dict(small["taxonomy"]), info)
 
 
 def _restore_params(manager: ocp.CheckpointManager, step: int, cfg: model_config.ModelConfig,
-                    mesh: jax.sharding.Mesh | None, rules: str) -> transformer.Transformer:
+                    mesh: jax.sharding.Mesh | None, rules: str,
+                    base: dict[str, Any] | None = None) -> transformer.Transformer:
+  """The model of `step`; a LoRA step's adapters join the base its meta "base" points to."""
   plan = None if mesh is None else sharding_lib.Plan.create(mesh, rules)
   graphdef, abstract_params = state_lib.split_model(transformer.abstract_model(cfg, plan))
   if plan is None:
@@ -226,10 +230,16 @@ def _restore_params(manager: ocp.CheckpointManager, step: int, cfg: model_config
     shardings = sharding_lib.state_shardings(abstract_params, plan.mesh, plan.rules)
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract_params, shardings)
+  target, frozen = state_lib.split_trainable(target)
   check_structure(manager, step, target)
   restored = manager.restore(step, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(state_lib.flatten(target))))
   params = state_lib.unflatten(target, restored["params"])
+  if frozen is not None:
+    if base is None:
+      raise ValueError(f"{manager.directory}/{step}: a LoRA checkpoint without meta 'base'")
+    params = nnx.merge_state(params, base_model.load_pointed(
+        base, cfg, f"{manager.directory}/{step}", mesh, plan.rules if plan else rules))
   return nnx.merge(graphdef, params)
 
 

@@ -31,6 +31,7 @@ from treasure_jax.train import mfu
 from treasure_jax.train import optim
 from treasure_jax.train import preemption
 from treasure_jax.train import setup as setup_lib
+from treasure_jax.train import state as state_lib
 from treasure_jax.train import step as step_lib
 from treasure_jax.train import validation
 
@@ -81,7 +82,7 @@ def _compile_steps(run: config_loader.RunConfig, model: setup_lib.Model) -> tupl
   eval_fn = jax.jit(
       functools.partial(step_lib.eval_step, graphdef=model.graphdef,
                         passthrough=(validation.CODES_KEY,)),
-      in_shardings=(model.shardings.params, batch), out_shardings=replicated)
+      in_shardings=(state_lib.model_params(model.shardings), batch), out_shardings=replicated)
   return train_fn, eval_fn
 
 
@@ -212,6 +213,6 @@ def _check_finite(done: int, m: dict[str, float], manager: Any,
 def _evaluate(run: config_loader.RunConfig, eval_fn: Any, train_state: Any,
               data: setup_lib.Data, model: setup_lib.Model) -> dict[str, float]:
   batches = setup_lib.eval_batches(run, data, model)
-  result = validation.evaluate(eval_fn, train_state.params, batches, data.codebook, data.table,
+  result = validation.evaluate(eval_fn, state_lib.model_params(train_state), batches, data.codebook, data.table,
                                max_batches=run.eval_batches)
   return {f"eval/{k}": float(np.float32(v)) for k, v in result.items()}

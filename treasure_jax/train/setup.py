@@ -3,7 +3,8 @@
 `make_data` opens the tokenizer, the resumable train iterator and the long-tail frequency table
 of the training split; `make_model` the sharded abstract model, optimizer and state shardings;
 `restore_or_init` the latest good checkpoint or a fresh state from random or imported weights
-(a Hugging Face directory or a GGUF file, whose architecture must equal the config's `model`).
+(a Hugging Face directory or a GGUF file, whose architecture must equal the config's `model`;
+`base_model`). A LoRA run's checkpoint holds only adapters: its base is reloaded on restore.
 Per-host numpy batches become global arrays here. Deliberately left to others: the loop, the
 step math, the checkpoint format, the data pipeline itself.
 """
@@ -34,10 +35,9 @@ from treasure_jax.data import vocab as vocab_lib
 from treasure_jax.markers import stats
 from treasure_jax.markers import taxonomy as taxonomy_lib
 from treasure_jax.model import config as model_config
-from treasure_jax.model import gguf
-from treasure_jax.model import hf
 from treasure_jax.model import sharding
 from treasure_jax.model import transformer
+from treasure_jax.train import base_model
 from treasure_jax.train import checkpoint
 from treasure_jax.train import optim
 from treasure_jax.train import state as state_lib
@@ -168,6 +168,10 @@ def restore_or_init(run: config_loader.RunConfig, model: Model, manager: Any,
   restored = checkpoint.restore_latest(manager, model.target)
   if restored is not None:
     train_state, data_state = restored
+    if model.shardings.frozen is not None:  # LoRA: the checkpoint holds adapters, not the base.
+      base = base_model.load_params(dataclasses.replace(run.model, lora=None), run.init_from,
+                                    run.seed, model.plan.mesh, model.plan.rules)
+      train_state = train_state.replace(frozen=base)
     data.train.set_state(_own_data_state(data_state))
     logging.info("restored step %d from %s", int(train_state.step), manager.directory)
     return train_state
@@ -176,32 +180,13 @@ def restore_or_init(run: config_loader.RunConfig, model: Model, manager: Any,
 
 
 def initial_params(run: config_loader.RunConfig, model: Model) -> nnx.State:
-  """Random parameters (seed `run.seed`) or the base model's, placed in their shardings."""
-  mesh, rules = model.plan.mesh, model.plan.rules
-  overrides = {k: getattr(run.model, k) for k in EXECUTION_FIELDS}
-  if not run.init_from:
-    loaded = transformer.create(run.model, seed=run.seed, mesh=mesh, rules=rules)
-  elif run.init_from.endswith(".gguf"):
-    ckpt = gguf.load(run.init_from)
-    loaded_cfg, loaded = hf.load_from_tensors(ckpt.config, ckpt.get_tensor, ckpt.names,
-                                              mesh=mesh, rules=rules,
-                                              get_shape=lambda n: ckpt.shapes[n], **overrides)
-    check_architecture(run.model, loaded_cfg, run.init_from)
-  else:
-    loaded_cfg, loaded = hf.load_dir(run.init_from, mesh=mesh, rules=rules, **overrides)
-    check_architecture(run.model, loaded_cfg, run.init_from)
-  return state_lib.split_model(loaded)[1]
+  """Random parameters (seed `run.seed`) or the base model's, placed in their shardings (with
+  fresh adapters for a LoRA run: `base_model.load_params`)."""
+  return base_model.load_params(run.model, run.init_from, run.seed, model.plan.mesh,
+                                model.plan.rules)
 
 
-def check_architecture(want: model_config.ModelConfig, got: model_config.ModelConfig,
-                       source: str) -> None:
-  """The config's `model` section must describe the base model it fine-tunes."""
-  diffs = [f"model.{f.name}={getattr(want, f.name)!r} but {getattr(got, f.name)!r}"
-           for f in dataclasses.fields(want)
-           if f.name not in EXECUTION_FIELDS and getattr(want, f.name) != getattr(got, f.name)]
-  if diffs:
-    raise ValueError(f"the config's model section does not match the base model {source}: "
-                     f"{'; '.join(diffs)}")
+check_architecture = base_model.check_architecture
 
 
 def _global(local: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
@@ -244,9 +229,12 @@ def eval_batches(run: config_loader.RunConfig, data: Data, model: Model
 
 def meta(run: config_loader.RunConfig, data: Data) -> dict[str, Any]:
   """What decoding needs from a checkpoint (see `checkpoint.load_for_inference`)."""
-  return {"model_config": run.model.to_dict(), "tokenizer": data.tokenizer,
-          "chat_template": run.data.template, "variant": run.data.variant,
-          "init_from": run.init_from, "data": dataclasses.asdict(run.data)}
+  out = {"model_config": run.model.to_dict(), "tokenizer": data.tokenizer,
+         "chat_template": run.data.template, "variant": run.data.variant,
+         "init_from": run.init_from, "data": dataclasses.asdict(run.data)}
+  if run.model.lora is not None:  # The checkpoint's adapters need their base back.
+    out["base"] = base_model.pointer(run.init_from, run.seed)
+  return out
 
 
 def save(train_state: state_lib.TrainState, data_state: Any, *, manager: Any,

@@ -3,6 +3,9 @@
 The model is split once (`nnx.split`) into a static GraphDef and its parameter `nnx.State`; the
 jitted steps only see the State. Optimizer-state leaves shaped like a parameter inherit that
 parameter's sharding (its logical axes travel in the nnx.Param metadata); scalars are replicated.
+With LoRA (`ModelConfig.lora`) `params` holds only the adapters (nnx.LoRAParam: what gets
+gradients, optimizer state and checkpoints) and `frozen` the base parameters; `model_params`
+joins them for a forward pass. Without LoRA `frozen` is None and `params` is everything.
 `flatten`/`unflatten` give the "a.b.c" → array view used by checkpoints and structure diffs.
 Deliberately left to others: building or importing the model (`model/`), the steps (`step`).
 """
@@ -17,6 +20,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from treasure_jax.model import lora
 from treasure_jax.model import sharding as sharding_lib
 
 
@@ -27,6 +31,7 @@ class TrainState:
   params: nnx.State
   opt_state: optax.OptState
   rng: jax.Array
+  frozen: nnx.State | None = None  # LoRA: the base parameters (not trained, not checkpointed).
 
 
 def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:
@@ -38,21 +43,37 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:
   return graphdef, params
 
 
+def split_trainable(params: nnx.State) -> tuple[nnx.State, nnx.State | None]:
+  """(adapters, base) of a LoRA model's parameters; (params, None) of a model without adapters."""
+  adapters, base = lora.split(params)
+  return (params, None) if not jax.tree.leaves(adapters) else (adapters, base)
+
+
+def model_params(train_state: TrainState) -> nnx.State:
+  """Every parameter of the model (trainable and frozen), e.g. for an eval forward pass."""
+  if train_state.frozen is None:
+    return train_state.params
+  return nnx.merge_state(train_state.params, train_state.frozen)
+
+
+def _initial(params: nnx.State, optimizer: optax.GradientTransformation, seed: int
+             ) -> TrainState:
+  trainable, frozen = split_trainable(params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
+                    opt_state=optimizer.init(trainable), rng=jax.random.PRNGKey(seed),
+                    frozen=frozen)
+
+
 def create(params: nnx.State, optimizer: optax.GradientTransformation, seed: int,
            shardings: TrainState) -> TrainState:
   """The state at step 0 around already-placed `params` (optimizer state created in place)."""
-  init = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p,
-                                      opt_state=optimizer.init(p),
-                                      rng=jax.random.PRNGKey(seed)),
-                 out_shardings=shardings)
+  init = jax.jit(lambda p: _initial(p, optimizer, seed), out_shardings=shardings)
   return init(params)
 
 
 def abstract(abstract_params: nnx.State, optimizer: optax.GradientTransformation) -> TrainState:
   """ShapeDtypeStructs of the state (nothing allocated)."""
-  return jax.eval_shape(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p,
-                                             opt_state=optimizer.init(p),
-                                             rng=jax.random.PRNGKey(0)), abstract_params)
+  return jax.eval_shape(lambda p: _initial(p, optimizer, 0), abstract_params)
 
 
 def shardings(abstract_state: TrainState, mesh: Mesh, rules: sharding_lib.Rules) -> TrainState:
@@ -62,7 +83,9 @@ def shardings(abstract_state: TrainState, mesh: Mesh, rules: sharding_lib.Rules)
       step=replicated,
       params=sharding_lib.state_shardings(abstract_state.params, mesh, rules),
       opt_state=sharding_lib.state_shardings(abstract_state.opt_state, mesh, rules),
-      rng=replicated)
+      rng=replicated,
+      frozen=(None if abstract_state.frozen is None
+              else sharding_lib.state_shardings(abstract_state.frozen, mesh, rules)))
 
 
 def _key_name(entry: Any) -> str:

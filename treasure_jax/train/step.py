@@ -51,7 +51,10 @@ def token_sums(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch) -> dict[
   }
 
 
-def _loss_and_sums(params, graphdef, batch):
+def _loss_and_sums(params, graphdef, batch, frozen=None):
+  """`params` are what is differentiated; `frozen` (LoRA: the base) joins them unchanged."""
+  if frozen is not None:
+    params = nnx.merge_state(params, frozen)
   sums = {k: jnp.sum(v) for k, v in token_sums(graphdef, params, batch).items()}
   return sums["loss"], sums
 
@@ -65,13 +68,13 @@ def _microbatches(batch: Batch, accum_steps: int, plan: sharding_lib.Plan | None
   return {k: split(v) for k, v in batch.items()}
 
 
-def _grads_and_sums(graphdef, params, batch, accum_steps, plan):
+def _grads_and_sums(graphdef, params, batch, accum_steps, plan, frozen=None):
   grad_fn = jax.grad(_loss_and_sums, has_aux=True)
   if accum_steps == 1:
-    return grad_fn(params, graphdef, batch)
+    return grad_fn(params, graphdef, batch, frozen)
 
   def body(carry, micro):
-    grads, sums = grad_fn(params, graphdef, micro)
+    grads, sums = grad_fn(params, graphdef, micro, frozen)
     return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
   zeros = (jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
@@ -95,9 +98,11 @@ def train_step(train_state: state_lib.TrainState, batch: Batch, *, graphdef: nnx
                ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
   """One optimizer update from `batch` (split into `accum_steps` micro-batches).
 
-  `plan` (the model's mesh and rules) keeps micro-batches sharded over the batch axes.
+  `plan` (the model's mesh and rules) keeps micro-batches sharded over the batch axes. Only
+  `train_state.params` get gradients and updates (with LoRA: the adapters, see `state`).
   """
-  grads, sums = _grads_and_sums(graphdef, train_state.params, batch, accum_steps, plan)
+  grads, sums = _grads_and_sums(graphdef, train_state.params, batch, accum_steps, plan,
+                                train_state.frozen)
   grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight"], 1.0), grads)
   grad_norm = optim.global_norm(grads)
   updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
