@@ -1,20 +1,27 @@
 """LoRA training end to end on configs/tiny.py with `model.lora` set: only adapters are trained,
 optimized and checkpointed (with a pointer to the base), resume is exact, decoding a LoRA
-checkpoint equals decoding the merged weights.
+checkpoint equals decoding the merged weights, and export writes the merged model plus a PEFT
+adapter (its parity with PyTorch `peft` is tests/test_lora_io.py).
 
 The reference run and its helpers are those of test_train_loop.py (4 steps, checkpoints at 2
 and 4, a shared compilation cache).
 """
+import json
 import os
 
-import jax
 import numpy as np
 import pytest
+import safetensors
 from flax import nnx
 
+from treasure_jax.decode import generate
+from treasure_jax.decode import runner
+from treasure_jax.model import hf
 from treasure_jax.model import lora
+from treasure_jax.model import lora_io
 from treasure_jax.model import transformer
 from treasure_jax.train import checkpoint
+from treasure_jax.train import export
 from treasure_jax.train import loop
 
 import test_train_loop as loop_test
@@ -69,3 +76,53 @@ def test_lora_resume_after_kill_matches(lora_run, cache_dir, tmp_path):
   loop_test._copy_with_steps(lora_run[0], resumed, steps=(2,))  # Killed after step 2's save.
   assert loop.train(lora_config(cache_dir), resumed)["step"] == 4
   loop_test._assert_same_steps(resumed, lora_run[0], (3, 4))
+
+
+@pytest.fixture(scope="module")
+def exported(lora_run, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("lora_export") / "out")
+  summary = export.export_checkpoint(lora_run[0], out)
+  return out, summary
+
+
+def test_export_writes_the_merged_model_and_a_peft_adapter(lora_run, exported):
+  out, summary = exported
+  assert {"config.json", "model.safetensors", "tokenizer.json", "adapter", "base"} <= set(
+      summary["files"])
+  adapter = json.loads(open(os.path.join(out, "adapter", "adapter_config.json")).read())
+  assert adapter["base_model_name_or_path"] == os.path.join(out, "base")  # Random base: written.
+  assert (adapter["r"], adapter["lora_alpha"]) == (4, 8.0)
+  assert adapter["target_modules"] == ["down_proj", "o_proj", "q_proj", "v_proj"]
+  with safetensors.safe_open(os.path.join(out, "adapter", "adapter_model.safetensors"),
+                             "np") as f:
+    names = sorted(f.keys())
+  assert len(names) == 16 and names[0] == (
+      "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight")
+  loaded = checkpoint.load_for_inference(lora_run[0])
+  tokens = np.arange(20, dtype=np.int32).reshape(2, 10) * 97
+  ours = np.asarray(transformer.apply(*nnx.split(loaded.model), tokens)[0])
+  for sub in ("", "base"):
+    hf_model = hf.load_dir(os.path.join(out, sub), dtype="float32")[1]
+    theirs = np.asarray(transformer.apply(*nnx.split(hf_model), tokens)[0])
+    if sub:  # The base alone differs from the trained model...
+      assert np.abs(theirs - ours).max() > 1e-3
+    else:  # ...the merged weights do not.
+      np.testing.assert_allclose(theirs, ours, atol=1e-4)
+
+
+def test_decoding_a_lora_checkpoint_equals_decoding_the_merged_weights(lora_run, exported):
+  loaded = checkpoint.load_for_inference(lora_run[0])
+  prompts = [[1, 2, 3, 4, 5], [7, 8, 9]]
+  adapted = generate.generate(loaded.model, prompts, max_new_tokens=12)
+  merged = generate.generate(lora_io.merged(loaded.model), prompts, max_new_tokens=12)
+  assert adapted.tokens == merged.tokens
+  for a, b in zip(adapted.logprobs, merged.logprobs):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+  # `treasure-jax generate` / serve load the LoRA workdir like any checkpoint (runner.load).
+  requests = lambda tax: [runner.Request("Hello there", runner.make_mode(None, {}, tax, False))]
+  lora_decoder = runner.load(lora_run[0])
+  merged_decoder = runner.load(exported[0], chat_template="chatml", taxonomy_path=os.path.join(
+      lora_run[0], "taxonomy.json"))
+  got = lora_decoder.run(requests(lora_decoder.taxonomy), max_new_tokens=16)
+  want = merged_decoder.run(requests(merged_decoder.taxonomy), max_new_tokens=16)
+  assert got[0].to_json() == want[0].to_json()

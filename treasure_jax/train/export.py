@@ -14,6 +14,12 @@ directory (checkpoints/N) and writes:
   marker_list.ebnf, marker_list.regex                  the completion's marker-list grammar
                                                        (`decode.grammar_text`)
 
+A LoRA run's `out` holds the merged weights (W + alpha / r * A B), plus
+  adapter/  adapter_config.json, adapter_model.safetensors   the PEFT adapter (`model.lora_io`)
+            and the tokenizer files; its base_model_name_or_path is the run's init_from when
+            that is an HF directory, else
+  base/     config.json, model.safetensors                   the frozen base it was trained on.
+
 Deliberately left to others: loading the checkpoint (`checkpoint.load_for_inference`), the
 HF weight layout (`model.hf`), GGUF tokenizers (`model.gguf_tokenizer`), flags (`cli`).
 """
@@ -32,6 +38,9 @@ from treasure_jax.train import checkpoint as checkpoint_lib
 _TOKENIZER_SIDE_FILES = ("special_tokens_map.json", "added_tokens.json", "vocab.json",
                          "merges.txt")
 _SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
+# A LoRA run's export: the merged model in `out`, PEFT's adapter in out/adapter (and its base).
+ADAPTER_SUBDIR = "adapter"
+BASE_SUBDIR = "base"
 
 
 def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = None) -> dict[str, Any]:
@@ -43,18 +52,25 @@ def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = None) ->
   if loaded.info.get("source") != "checkpoint":
     raise ValueError(f"export: {checkpoint} is a Hugging Face directory already, not a training "
                      "checkpoint; use `treasure-jax convert --from hf`")
-  if getattr(loaded.model_config, "lora", None) is not None:
-    raise ValueError(f"export: {checkpoint} is a LoRA run; its adapters are not merged here")
   from treasure_jax.model import hf  # pylint: disable=g-import-not-at-top
+  from treasure_jax.model import lora_io  # pylint: disable=g-import-not-at-top
   vocabulary, tokenizer_config = _tokenizer(loaded.info, checkpoint)
   template = _chat_template(loaded.info, vocabulary)
   ids = _token_ids(vocabulary, template)
-  files = hf.save_dir(loaded.model, out, dtype=dtype or loaded.model_config.param_dtype,
-                      extra_config={k: v for k, v in ids.items() if k != "eos_token_id"}
-                      | {"eos_token_id": ids["eos_token_id"][0]})
+  dtype = dtype or loaded.model_config.param_dtype
+  extra = {k: v for k, v in ids.items() if k != "eos_token_id"} | {
+      "eos_token_id": ids["eos_token_id"][0]}
+  is_lora = loaded.model_config.lora is not None
+  files = hf.save_dir(lora_io.merged(loaded.model) if is_lora else loaded.model, out,
+                      dtype=dtype, extra_config=extra)
+  if is_lora:
+    _write_adapter(loaded, out, dtype, extra)
   if jax.process_index() != 0:
     return {"step": loaded.info["step"], "files": files}
   _write_tokenizer(out, loaded.info, vocabulary, tokenizer_config, template, loaded.taxonomy)
+  if is_lora:
+    _write_tokenizer(os.path.join(out, ADAPTER_SUBDIR), loaded.info, vocabulary,
+                     tokenizer_config, template, loaded.taxonomy)
   _write_json(os.path.join(out, "generation_config.json"), ids)
   _write_json(os.path.join(out, "taxonomy.json"), loaded.taxonomy.to_dict())
   from treasure_jax.decode import grammar_text  # pylint: disable=g-import-not-at-top
@@ -63,6 +79,18 @@ def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = None) ->
       f.write(grammar_text.render(loaded.taxonomy, fmt) + "\n")
   return {"step": loaded.info["step"], "chat_template": template.name,
           "files": sorted(os.listdir(out))}
+
+
+def _write_adapter(loaded: Any, out: str, dtype: str, extra: dict[str, Any]) -> None:
+  """out/adapter (PEFT) and, unless the run started from an HF directory, out/base for it."""
+  from treasure_jax.model import hf  # pylint: disable=g-import-not-at-top
+  from treasure_jax.model import lora_io  # pylint: disable=g-import-not-at-top
+  base = (loaded.info.get("base") or {}).get("init_from", "")
+  if not base or base.endswith(".gguf"):  # PEFT needs an HF base: write the one trained on.
+    base = os.path.abspath(os.path.join(out, BASE_SUBDIR))
+    hf.save_dir(lora_io.base(loaded.model), base, dtype=dtype, extra_config=extra)
+  lora_io.save_peft(loaded.model, os.path.join(out, ADAPTER_SUBDIR),
+                    base_model_name_or_path=base)
 
 
 def _tokenizer(info: dict[str, Any], where: str) -> tuple[Any, dict[str, Any]]:
