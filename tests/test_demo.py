@@ -177,7 +177,13 @@ def test_demo_end_to_end_and_resume(tmp_path):
   for run in ("baseline", "markers"):
     assert os.path.isdir(os.path.join(workdir, "train", run, "checkpoints"))
   cfg = json.load(open(os.path.join(workdir, "demo_config.json"), encoding="utf-8"))
-  assert cfg["train"]["data"]["pack"] is False  # Both runs see the same examples per step.
+  # Packed rows: both runs get the same rows x positions per step (compute-matched); a marked
+  # example is longer, so the runs see different numbers of examples, which the report states.
+  assert cfg["train"]["data"]["pack"] is True
+  seen = {r.name: r.result["examples_seen"] for r in first.stages if r.name.startswith("train/")}
+  assert all(n >= 2 * 8 for n in seen.values()), seen  # 2 steps x 8 rows, >= 1 example a row.
+  assert "| examples seen | tokens seen |" in report
+  assert f"| {seen['train/markers']:,.0f} |" in report
 
   second = demo.run(workdir, quick=True, config_overrides=overrides, progress=False,
                     echo=lines.append)

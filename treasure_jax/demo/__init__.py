@@ -134,8 +134,12 @@ def _train(cfg: ml_collections.ConfigDict, run: summary_lib.RunInfo, data_dir: s
   def mean(recs):
     return {k: sum(r[k] for r in recs) / len(recs) for k in keep
             if recs and all(k in r for r in recs)}
+  total = lambda k: sum(r.get(k, 0.0) for r in records)  # noqa: E731
+  # Packed runs see different numbers of examples for the same tokens (a marked example is
+  # longer): the totals say how many each run trained on.
   return {"steps": last.get("step"), "workdir": out, "window": window,
-          "first": mean(records[:window]), "last": mean(records[-window:])}
+          "first": mean(records[:window]), "last": mean(records[-window:]),
+          "examples_seen": total("examples"), "tokens_seen": total("tokens")}
 
 
 def _sweep_config(cfg: ml_collections.ConfigDict, runs: Sequence[summary_lib.RunInfo],
@@ -184,6 +188,14 @@ def _stage_list(cfg: ml_collections.ConfigDict, workdir: str,
   return out
 
 
+def _training_set(data_result: dict[str, Any]) -> str:
+  """"N examples from k sources (name n, ...)", largest source first."""
+  sources = data_result.get("sources") or {}
+  parts = ", ".join(f"{name} {info['count']}" for name, info in
+                    sorted(sources.items(), key=lambda kv: -kv[1]["count"]))
+  return f"{data_result.get('train')} examples; all splits by source: {parts or '-'}"
+
+
 def _sizes(cfg: ml_collections.ConfigDict, runs: Sequence[summary_lib.RunInfo],
            data_result: dict[str, Any]) -> dict[str, tuple[str, str]]:
   t, tasks = cfg.train, cfg.eval.tasks
@@ -194,8 +206,7 @@ def _sizes(cfg: ml_collections.ConfigDict, runs: Sequence[summary_lib.RunInfo],
   return {
       "base model": (f"{t.model.preset} ({os.path.basename(t.init_from) or 'random init'}), "
                      f"{t.model.dtype}", "a 7B model"),
-      "training set": (f"{data_result.get('train')} examples (chatterbot-corpus, "
-                       f"{data_result.get('corpus_languages')} languages)", "2.7M examples"),
+      "training set": (_training_set(data_result), "2.7M examples"),
       "steps x batch": (f"{t.num_train_steps} x {t.batch_size} = "
                         f"{t.num_train_steps * t.batch_size} {rows} per run",
                         "8,000 x 32"),

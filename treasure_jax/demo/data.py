@@ -9,7 +9,10 @@ each task's examples one per language in turn, each language's in (seed, id)-has
 validation file is sorted by id, i.e. by source and language, so its first N lines would all
 be one source; this order makes the first N of any budget cover the tasks and languages
 evenly, tail values included, and depends on nothing but the seed (no example is picked by
-its result).
+its result). `data/eval/length.jsonl` is the same list without the code tasks (task
+CodeGeneration, CodeFix...): the length-control eval reads it, because a program's length is
+set by the problem (code is scored by pass@1 instead) and its references run to hundreds of
+tokens, past the decode budget, so a cut-off program would count as "within the limit".
 Building the set itself and the statistics are the annotate and markers packages' job.
 """
 from __future__ import annotations
@@ -27,6 +30,7 @@ from treasure_jax.markers import taxonomy as taxonomy_lib
 
 STATS_FILE = "marker_stats.json"
 EVAL_FILE = os.path.join("eval", "validation.jsonl")
+LENGTH_FILE = os.path.join("eval", "length.jsonl")
 
 
 def _hash(seed: int, key: str) -> str:
@@ -60,14 +64,20 @@ def _write_jsonl(path: str, rows: Iterable[Mapping[str, Any]]) -> None:
   os.replace(tmp, path)
 
 
+def _is_code(record: Mapping[str, Any]) -> bool:
+  return str((record.get("markers") or {}).get("task", "")).startswith("Code")
+
+
 def write_eval_subset(data_dir: str, seed: int) -> dict[str, Any]:
-  """Writes data/eval/validation.jsonl (see the module docstring); returns its counts."""
+  """Writes data/eval/validation.jsonl and length.jsonl (module docstring); returns counts."""
   validation = [r for _, r in stats.read_jsonl(os.path.join(data_dir, "validation.jsonl"))]
   single = [r for r in validation if "prompt" in r and "response" in r]
   ordered = interleave(single, seed)
   os.makedirs(os.path.join(data_dir, os.path.dirname(EVAL_FILE)), exist_ok=True)
   _write_jsonl(os.path.join(data_dir, EVAL_FILE), ordered)
-  return {"validation": len(validation), "single_turn": len(single),
+  prose = [r for r in ordered if not _is_code(r)]
+  _write_jsonl(os.path.join(data_dir, LENGTH_FILE), prose)
+  return {"validation": len(validation), "single_turn": len(single), "length": len(prose),
           "languages": len({str((r.get("markers") or {}).get("lang")) for r in single}),
           "tasks": len({str((r.get("markers") or {}).get("task")) for r in single})}
 

@@ -28,7 +28,7 @@ BATCH_KEYS = ("inputs", "targets", "loss_weights", "marker_weights", "response_w
               "segment_ids", "positions")
 # Per-token sums a loss pass returns; metrics are ratios of these.
 _SUMS = ("loss", "weight", "marker_loss", "marker_weight", "response_loss", "response_weight",
-         "marker_correct", "tokens")
+         "marker_correct", "tokens", "examples")
 
 
 def token_sums(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch) -> dict[str, jax.Array]:
@@ -48,6 +48,9 @@ def token_sums(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch) -> dict[
       "response_loss": jnp.sum(nll_BT * rw, axis=1), "response_weight": jnp.sum(rw, axis=1),
       "marker_correct": jnp.sum(correct_BT * mw, axis=1),
       "tokens": jnp.sum(batch["segment_ids"] != 0, axis=1).astype(jnp.float32),
+      # Examples (packed segments) begun in the row: every segment starts at position 0.
+      "examples": jnp.sum((batch["positions"] == 0) & (batch["segment_ids"] != 0),
+                          axis=1).astype(jnp.float32),
   }
 
 
@@ -89,7 +92,7 @@ def metrics_from_sums(sums: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
   return {"loss": ratio("loss", "weight"), "marker_loss": ratio("marker_loss", "marker_weight"),
           "response_loss": ratio("response_loss", "response_weight"),
           "marker_token_accuracy": ratio("marker_correct", "marker_weight"),
-          "loss_tokens": sums["weight"], "tokens": sums["tokens"]}
+          "loss_tokens": sums["weight"], "tokens": sums["tokens"], "examples": sums["examples"]}
 
 
 def train_step(train_state: state_lib.TrainState, batch: Batch, *, graphdef: nnx.GraphDef,
