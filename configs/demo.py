@@ -12,30 +12,45 @@ Variants (comma-separated, e.g. `quick,ablation`):
                   only marker inference and length control are evaluated.
   ablation_pd0, ablation_pd07   one marked model with that p_d (compare with the main demo's
                   `markers` run, same budget).
-Hardware: CPU, 2 cores, float32, no accelerator; peak memory 10 GiB (quick) to 13.4 GiB (RSS).
-  quick  train 2 x 12 steps of 4 unpacked rows of 256 tokens (48 examples each run); eval 12
-         chat prompts x (2 baseline + 3 marked settings), 24 likelihood examples x (1 + 3)
-         settings, 3 CodeGeneration + 3 CodeFix problems x (1 + 2) settings. Measured on the
-         idle 2-core machine: 10 min 12 s wall, 9.6 GiB peak RSS (11 min 48 s before the
-         fused projections and mimalloc; 15 min 7 s while a test run shared the cores:
-         training 217 + 139 s, evaluation 535 s, data 9 s); the same figures every run.
-  full   train 2 x 60 steps of 8 rows (480 examples each run); eval 32 chat prompts, 96
-         likelihood examples, 10 + 10 code problems. Measured on the same machine (shared
-         with a test run and benchmarks for about half of it): 1 h 7 min 56 s wall, 5,427
-         CPU-s, 13.4 GiB peak RSS; training 1,590 + 1,534 s, evaluation 914 s. Its results:
-         README, "treasure-jax demo".
+Hardware: CPU, 2 cores, float32, no accelerator.
+  quick  train 2 x 10 steps of 4 packed rows of 512 tokens (~18,100 tokens a run: baseline
+         174 examples, markers 108); eval 12 prose chat prompts x (2 baseline + 3 marked
+         settings), 24 likelihood examples x (1 + 3) settings, 3 CodeGeneration + 3 CodeFix
+         problems x (1 + 2). Measured 2026-12-03 from a clean venv while a test run shared the
+         cores: 20 min 58 s wall, 13.8 GiB peak RSS (training 234 + 214 s, evaluation 751 s,
+         data 52 s); CI allows 30 min.
+  full   train 2 x 64 steps of 4 packed rows of 512 (~256 rows, ~116k tokens a run); eval 32
+         chat prompts, 96 likelihood examples, 10 + 10 code problems. Not yet measured at this
+         budget (estimate from ~21 s a step: ~45 min training + ~25 min evaluation).
 Produces: in the workdir, data/ (the demo set, its marker statistics, the eval subsets),
   train/<run>/ (checkpoints, metrics.jsonl), eval/ (sweep cells, eval/report/report.md),
   stages/ (one file per finished stage) and report.md: the summary table next to the paper's
   figures, with the sizes that differ from the paper stated.
 
-Rows are unpacked (one example per row) so both runs read the same examples in the same order;
-a marked example is ~85 tokens longer (its completion-side list), so 256 positions hold ~90% of
-them whole and the rest lose the end of their response ("truncate"). An example whose prompt
-alone fills the 256 positions (long multi-turn chats) is skipped and counted; the trainer logs
-the counts (full run, records read including the read-ahead: baseline 38 skipped and 10
-truncated of 1,536, markers 31 and 108): marker lists change lengths, so the two runs' rows can
-differ in those few examples.
+Rows are packed (first fit, 512 positions): both runs get the same rows x positions per step
+(compute-matched), so the baseline, whose examples lack the ~85-token completion-side list,
+sees more examples; the report's training table gives examples and tokens seen per run.
+
+Experiments (2 cores, SmolLM2-135M float32, the demo mix, one seed each; "violations" = share of
+chat prompts whose response is longer than the limit, the reference length):
+  A  16 x 4 unpacked rows of 384, lr 2.5e-4, chat eval incl. code tasks (n=24): the marker
+     lists collapsed to one list; violations baseline none 16.7%, asked in words 12.5%;
+     markers none 33.3%, words 29.2%, length_tokens 37.5%.
+  B  24 x 4 packed rows of 512, lr 1e-3 (n=24 incl. code): marker-list loss 1.74 -> 0.09,
+     domain accuracy 77.8% (n=18), lang 83.3%; violations baseline none 33.3%, words 29.2%;
+     markers none 25.0%, words 20.8%, length_tokens 37.5%. At 1e-3 many outputs loop until
+     max_new_tokens; code references (> 200 tokens) were cut off and counted as within the
+     limit -> the length eval now reads the prose-only eval/length.jsonl.
+  C  markers only, 40 x 4 packed rows of 512, lr 5e-4, length.jsonl n=32, 300 new tokens:
+     training reached marker-list loss 0.07, response loss 1.43 at step 28 (1,408 records
+     read, 3 skipped for overflow, 49 truncated); its evaluation figures were lost with the
+     machine before they were read.
+  quick (this file, 10 x 4 x 512, lr 5e-4, n=12): lang 75.0% [50, 100] (majority +8.3 pts),
+     domain 75.0% n=8, task 16.7% (= majority); violations baseline words 41.7% [16.7, 66.7],
+     markers words 75.0%, length_tokens 75.0% (+33.3 pts [+8.3, +58.3] paired): after 10
+     steps the marked model writes ~70 words whatever the limit, so the length lever is NOT
+     learned at the quick budget; the marker-list loss fell 2.24 -> 0.28 (the lists are
+     learned first). Whether 64 steps teach it is what the full run measures.
 """
 import ml_collections
 
