@@ -239,7 +239,8 @@ def load_dir(path: str | pathlib.Path, *, mesh: jax.sharding.Mesh | None = None,
         **overrides)
 
 
-def _host_array(x: jax.Array) -> np.ndarray:
+def host_array(x: jax.Array) -> np.ndarray:
+  """`x` as one host array (gathered from every process when it is not all addressable)."""
   if not x.is_fully_addressable:
     x = multihost_utils.process_allgather(x, tiled=True)
   return np.asarray(jax.device_get(x))
@@ -259,7 +260,7 @@ def hf_tensors(model: transformer.Transformer, dtype: str | None = None
     x = flat[e.path][...]
     if e.layer is not None:
       x = _take_layer(x, e.layer)
-    yield e.hf_name, np.ascontiguousarray(e.to_hf(_host_array(x)).astype(dtype))
+    yield e.hf_name, np.ascontiguousarray(e.to_hf(host_array(x)).astype(dtype))
 
 
 def save_dir(model: transformer.Transformer, path: str | pathlib.Path, *, dtype: str | None = None,

@@ -31,21 +31,16 @@ _PEFT_PREFIX = "base_model.model.model.layers"
 
 
 def peft_tensors(model: transformer.Transformer) -> Iterator[tuple[str, np.ndarray]]:
-  """(PEFT name, [r, in] or [out, r] float32 host array) of every adapter, layer by layer."""
-  cfg = model.cfg
-  flat = dict(nnx.to_flat_state(nnx.state(model, lora.ADAPTERS)))
-  for i in range(cfg.num_layers):
-    for parent in _HF_PARENT:
-      for proj in cfg.lora.targeted():
-        head = ("layers",) if cfg.scan_layers else ("layers", i)
-        path = head + (parent, proj, "lora")
-        if path + ("lora_a",) not in flat:
-          continue
-        for ours, theirs in (("lora_a", "lora_A"), ("lora_b", "lora_B")):
-          x = flat[path + (ours,)][...]
-          x = hf._host_array(x[i] if cfg.scan_layers else x)  # pylint: disable=protected-access
-          name = f"{_PEFT_PREFIX}.{i}.{_HF_PARENT[parent]}.{proj}.{theirs}.weight"
-          yield name, np.ascontiguousarray(x.T.astype(np.float32))
+  """(PEFT name, [r, in] or [out, r] float32 host array) of every adapter; a scanned stack is
+  gathered to the host once and sliced there, layer by layer."""
+  theirs = {"lora_a": "lora_A", "lora_b": "lora_B"}
+  for path, value in nnx.to_flat_state(nnx.state(model, lora.ADAPTERS)):
+    *head, parent, proj, _, ours = path  # ("layers", [i,] parent, proj, "lora", "lora_a")
+    x = hf.host_array(value[...])
+    layers = enumerate(x) if model.cfg.scan_layers else [(head[1], x)]
+    for i, layer in layers:
+      name = f"{_PEFT_PREFIX}.{i}.{_HF_PARENT[parent]}.{proj}.{theirs[ours]}.weight"
+      yield name, np.ascontiguousarray(layer.T.astype(np.float32))
 
 
 def adapter_config(model: transformer.Transformer, base_model_name_or_path: str
@@ -76,15 +71,17 @@ def save_peft(model: transformer.Transformer, path: str | pathlib.Path, *,
   return ["adapter_config.json", "adapter_model.safetensors"]
 
 
+def _without_adapters(model: transformer.Transformer) -> nnx.GraphDef:
+  """The graph of `model`'s architecture with model.lora = None (same sharding plan)."""
+  return nnx.graphdef(transformer.abstract_model(model.cfg.replace(lora=None), model.plan))
+
+
 def merged(model: transformer.Transformer) -> transformer.Transformer:
   """The same function without adapters: every adapted kernel becomes W + alpha / r * A B."""
-  cfg = model.cfg
-  graphdef = nnx.graphdef(transformer.abstract_model(cfg.replace(lora=None), model.plan))
-  return nnx.merge(graphdef, lora.merged_kernels(nnx.state(model, nnx.Param), cfg))
+  return nnx.merge(_without_adapters(model),
+                   lora.merged_kernels(nnx.state(model, nnx.Param), model.cfg))
 
 
 def base(model: transformer.Transformer) -> transformer.Transformer:
   """The frozen base alone (the adapters dropped)."""
-  cfg = model.cfg
-  graphdef = nnx.graphdef(transformer.abstract_model(cfg.replace(lora=None), model.plan))
-  return nnx.merge(graphdef, lora.split(nnx.state(model, nnx.Param))[1])
+  return nnx.merge(_without_adapters(model), lora.split(nnx.state(model, nnx.Param))[1])
