@@ -48,7 +48,7 @@ def interleave(records: Iterable[Mapping[str, Any]], seed: int,
     return sorted(recs, key=lambda r: _hash(seed, str(r["id"])))
   groups: dict[str, list[dict]] = collections.defaultdict(list)
   for rec in recs:
-    groups[str((rec.get("markers") or {}).get(keys[0], "-"))].append(rec)
+    groups[_marker(rec, keys[0], "-")].append(rec)
   queues = [interleave(rows, seed, keys[1:]) for _, rows in sorted(groups.items())]
   out = []
   for i in range(max((len(q) for q in queues), default=0)):
@@ -64,8 +64,12 @@ def _write_jsonl(path: str, rows: Iterable[Mapping[str, Any]]) -> None:
   os.replace(tmp, path)
 
 
+def _marker(record: Mapping[str, Any], name: str, default: str = "") -> str:
+  return str((record.get("markers") or {}).get(name, default))
+
+
 def _is_code(record: Mapping[str, Any]) -> bool:
-  return str((record.get("markers") or {}).get("task", "")).startswith("Code")
+  return _marker(record, "task").startswith("Code")
 
 
 def write_eval_subset(data_dir: str, seed: int) -> dict[str, Any]:
@@ -78,8 +82,8 @@ def write_eval_subset(data_dir: str, seed: int) -> dict[str, Any]:
   prose = [r for r in ordered if not _is_code(r)]
   _write_jsonl(os.path.join(data_dir, LENGTH_FILE), prose)
   return {"validation": len(validation), "single_turn": len(single), "length": len(prose),
-          "languages": len({str((r.get("markers") or {}).get("lang")) for r in single}),
-          "tasks": len({str((r.get("markers") or {}).get("task")) for r in single})}
+          "languages": len({_marker(r, "lang") for r in single}),
+          "tasks": len({_marker(r, "task") for r in single})}
 
 
 def build(data_dir: str, *, seed: int, val_fraction: float, humaneval_limit: int,
