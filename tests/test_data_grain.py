@@ -181,3 +181,27 @@ def test_data_convert_cli(cfg, bpe, tmp_path):
   want = {ex["id"]: ex["targets"] for ex in _grain_examples(cfg, bpe, 10)}
   got = {ex["id"]: ex["targets"] for ex in _grain_examples(other, bpe, 10)}
   assert got.keys() == want.keys()
+
+
+def test_eval_batches_cover_every_example_once_with_equal_counts_per_host(cfg, bpe):
+  """Two hosts: the same number of batches each (the short one padded), every example of the
+  file exactly once, with its id and markers per row, like the seqio eval iterator's rows."""
+  import dataclasses
+  evaluate = dataclasses.replace(cfg, eval_files=cfg.train_files)
+  options = grain_pipeline.chat_options(evaluate, bpe)
+  hosts = [list(grain_pipeline.make_eval_iterator(evaluate, options=options, vocabulary=bpe,
+                                                  global_batch_size=6, shard=(i, 2)))
+           for i in range(2)]
+  with open(cfg.train_files[0], encoding="utf-8") as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  assert len(hosts[0]) == len(hosts[1]) == -(-len(records) // 2 // 3)
+  ids = [i for batches in hosts for b in batches for i in b["example_ids"] if i]
+  assert sorted(ids) == sorted(r["id"] for r in records)
+  langs = {i: lang for b in hosts[0] for i, lang in zip(b["example_ids"], b["markers/lang"])}
+  by_id = {r["id"]: r for r in records}
+  for example_id, lang in langs.items():
+    if example_id:
+      assert lang == str(by_id[example_id]["markers"].get("lang", ""))
+  with pytest.raises(ValueError, match="eval_files"):
+    next(grain_pipeline.make_eval_iterator(cfg, options=options, vocabulary=bpe,
+                                           global_batch_size=6))

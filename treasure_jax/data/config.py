@@ -36,8 +36,9 @@ class DataConfig:
     long_tail_boost: > 1 up-samples examples carrying a long-tail marker value that many times.
     long_tail_threshold: share below which a marker value is long-tail.
     seed: the data seed (shuffle order and dropout draws).
-    pipeline: "seqio" (tf.data, seqio tasks and mixtures) or "grain" (no TensorFlow; JSONL
-      train_files; same per-example preprocessing, see `grain_pipeline`).
+    pipeline: "seqio" (tf.data, seqio tasks and mixtures) or "grain" (no TensorFlow; JSONL,
+      Parquet or ArrayRecord train_files / eval_files; same per-example preprocessing, see
+      `grain_pipeline`; the trainer's side is `train.inputs`).
     train_split / eval_split: split names of the task.
   """
   task: str = ""

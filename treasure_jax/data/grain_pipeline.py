@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grain
@@ -113,6 +114,31 @@ def source(patterns: tuple[str, ...]) -> Any:
     raise ValueError(f"data files {patterns}: one kind of {', '.join(_SOURCES)} expected, got "
                      f"{sorted(kinds)}")
   return _SOURCES[kinds.pop()](files)
+
+
+def read_records(patterns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+  """Every JSON-object record of the files in order (JSONL read sequentially). Lines that do not
+  parse are passed over here: the pipeline reports them by file and line."""
+  files = list_files(patterns)
+  if all(f.endswith(".jsonl") for f in files):
+    texts = (line for path in files for line in _lines(path))
+  else:
+    records = source(patterns)
+    texts = (records[i]["record"] for i in range(len(records)))
+  for text in texts:
+    try:
+      record = json.loads(text)
+    except ValueError:
+      continue
+    if isinstance(record, dict):
+      yield record
+
+
+def _lines(path: str) -> Iterator[str]:
+  with _open(path) as f:
+    for line in f:
+      if line.strip():
+        yield line.decode("utf-8", errors="replace")
 
 
 def _open(path: str) -> Any:
@@ -232,6 +258,38 @@ def make_train_iterator(cfg: config_lib.DataConfig, *, options: preprocessors.Ch
   fingerprint = {"provider": cfg.name, "seq_len": seq_len, "shard": list(shard), "seed": seed,
                  "global_batch_size": global_batch_size, "pack": cfg.pack}
   return GrainBatchIterator(batches, fingerprint, counters, cfg.name)
+
+
+def make_eval_iterator(cfg: config_lib.DataConfig, *, options: preprocessors.ChatOptions,
+                       vocabulary: Any, global_batch_size: int, seq_len: int | None = None,
+                       shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over `cfg.eval_files` in file order, one example per row, with `example_ids` and
+  `markers/<category>` per row (like `iterator.make_eval_iterator`). Every host yields
+  ceil(examples / hosts / B_local) batches; rows past the end of its shard are padding."""
+  if not cfg.eval_files:
+    raise ValueError("data.pipeline='grain' evaluates data.eval_files; none are set")
+  if global_batch_size % shard[1]:
+    raise ValueError(f"eval batch size {global_batch_size} is not divisible by the "
+                     f"{shard[1]} hosts")
+  seq_len, local = seq_len or cfg.seq_len, global_batch_size // shard[1]
+  everything = source(cfg.eval_files)
+  mine = grain.MapDataset.source(everything)[shard[0]::shard[1]]
+  num_batches = max(1, math.ceil(math.ceil(len(everything) / shard[1]) / local))
+  counters = preprocessors.Counters().scoped(cfg.eval_split)
+  packer = features.RowPacker(local, seq_len, pack=False,
+                              marker_categories=options.taxonomy.names)
+  examples_left = iter(range(len(mine)))
+  for _ in range(num_batches):
+    for i in examples_left:
+      raw = mine[i]
+      (ex,) = preprocessors.process_records(
+          [raw["record"]], [raw["origin"]], options=options, vocabulary=vocabulary,
+          max_tokens=seq_len + 1, seeds=[cfg.seed], epochs=[0], counters=counters)
+      if ex is not None:
+        packer.try_add({**ex, "markers": json.dumps(ex["markers"])})
+      if packer.num_examples == local:
+        break
+    yield packer.build() if packer.num_examples else packer.empty()
 
 
 def chat_options(cfg: config_lib.DataConfig, vocabulary: Any) -> preprocessors.ChatOptions:

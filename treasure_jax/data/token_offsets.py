@@ -8,6 +8,8 @@ in `vocab`, which imports TensorFlow.
 """
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,6 +49,48 @@ def from_gguf(path: str) -> HfTokenizer:
   return HfTokenizer(gguf_tokenizer.build_tokenizer(metadata, path).to_str(),
                      special_tokens=special, chat_template=config.get("chat_template"),
                      name=path)
+
+
+# Keys of tokenizer_config.json that transformers passes to chat templates.
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token",
+                      "cls_token", "mask_token")
+
+
+def read_tokenizer_config(config: Mapping[str, Any]) -> tuple[dict[str, str], str | None]:
+  """(special tokens, default chat template or None) of a parsed tokenizer_config.json."""
+  special = {}
+  for key in SPECIAL_TOKEN_KEYS:
+    value = config.get(key)
+    if isinstance(value, Mapping):  # Older configs store AddedToken dicts.
+      value = value.get("content")
+    if value is not None:
+      special[key] = value
+  template = config.get("chat_template")
+  if isinstance(template, list):  # Named templates: [{"name": "default", "template": ...}, ...]
+    template = {t["name"]: t["template"] for t in template}.get("default")
+  return special, template
+
+
+def from_hf(path: str) -> HfTokenizer:
+  """A local Hugging Face tokenizer: `tokenizer.json` or the directory holding it (with, when
+  present, `tokenizer_config.json` and `chat_template.jinja` beside it)."""
+  tokenizer_json = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+  if not os.path.exists(tokenizer_json):
+    raise FileNotFoundError(f"no tokenizer.json at {tokenizer_json!r}")
+  folder = os.path.dirname(tokenizer_json)
+  config_path = os.path.join(folder, "tokenizer_config.json")
+  config = {}
+  if os.path.exists(config_path):
+    with open(config_path, encoding="utf-8") as f:
+      config = json.load(f)
+  special, template = read_tokenizer_config(config)
+  jinja_path = os.path.join(folder, "chat_template.jinja")
+  if template is None and os.path.exists(jinja_path):
+    with open(jinja_path, encoding="utf-8") as f:
+      template = f.read()
+  with open(tokenizer_json, encoding="utf-8") as f:
+    text = f.read()
+  return HfTokenizer(text, special_tokens=special, chat_template=template, name=tokenizer_json)
 
 
 def is_hf(vocabulary: Any) -> bool:

@@ -28,9 +28,6 @@ import tokenizers
 from treasure_jax.data import token_offsets
 
 KINDS = ("hf", "sentencepiece", "gguf")
-# Keys of tokenizer_config.json that transformers passes to chat templates.
-_SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token",
-                       "cls_token", "mask_token")
 
 
 class HfTokenizerVocabulary(seqio.Vocabulary):
@@ -163,16 +160,7 @@ def from_hf_files(tokenizer_json: str, tokenizer_config: str | None = None,
   if tokenizer_config is not None:
     with tf.io.gfile.GFile(tokenizer_config) as f:
       config = json.load(f)
-  special = {}
-  for key in _SPECIAL_TOKEN_KEYS:
-    value = config.get(key)
-    if isinstance(value, Mapping):  # Older configs store AddedToken dicts.
-      value = value.get("content")
-    if value is not None:
-      special[key] = value
-  template = config.get("chat_template")
-  if isinstance(template, list):  # Named templates: [{"name": "default", "template": ...}, ...]
-    template = {t["name"]: t["template"] for t in template}.get("default")
+  special, template = token_offsets.read_tokenizer_config(config)
   jinja_path = os.path.join(os.path.dirname(tokenizer_json), "chat_template.jinja")
   if template is None and tf.io.gfile.exists(jinja_path):
     with tf.io.gfile.GFile(jinja_path) as f:
@@ -214,7 +202,7 @@ def from_gguf(path: str) -> HfTokenizerVocabulary:
   metadata = gguf.read_metadata(path)
   tok = gguf_tokenizer.build_tokenizer(metadata, path)
   config = gguf_tokenizer.tokenizer_config(metadata, path)
-  special = {k: config[k] for k in _SPECIAL_TOKEN_KEYS if k in config}
+  special = {k: config[k] for k in token_offsets.SPECIAL_TOKEN_KEYS if k in config}
   return HfTokenizerVocabulary(tok.to_str(), special_tokens=special,
                                chat_template=config.get("chat_template"), name=path)
 

@@ -1,4 +1,5 @@
-"""The training loop: `train(config, workdir)` fine-tunes a model on a seqio task or mixture.
+"""The training loop: `train(config, workdir)` fine-tunes a model on a seqio task or mixture,
+or on files through Grain (`data.pipeline`, `inputs`).
 
 Set-up (devices, mesh, data, model, optimizer, restore-or-init) happens once; then a visible
 `for step in ...` loop runs the jitted step and does, at explicit intervals, logging,
@@ -26,6 +27,7 @@ from treasure_jax import config_loader
 from treasure_jax.model import sharding
 from treasure_jax.train import checkpoint
 from treasure_jax.train import distributed
+from treasure_jax.train import inputs
 from treasure_jax.train import logging_lib
 from treasure_jax.train import mfu
 from treasure_jax.train import optim
@@ -56,7 +58,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = sharding.make_mesh(run.mesh)
   setup_lib.check_mesh(run, mesh)
   os.makedirs(workdir, exist_ok=True)
-  data = setup_lib.make_data(run)
+  data = inputs.make_data(run)
   setup_lib.write_outputs(config, run, data, workdir)
   model = setup_lib.make_model(run, mesh)
   manager = checkpoint.make_manager(workdir, run.checkpoint)
@@ -98,7 +100,7 @@ def _flops_report(run: config_loader.RunConfig, logger: logging_lib.RunLogger
   return flops, total
 
 
-def _loop(run: config_loader.RunConfig, model: setup_lib.Model, data: setup_lib.Data,
+def _loop(run: config_loader.RunConfig, model: setup_lib.Model, data: inputs.Data,
           manager: Any, save: Any, train_state: Any, workdir: str,
           progress: bool) -> dict[str, Any]:
   start, total = int(jax.device_get(train_state.step)), run.num_train_steps
@@ -111,7 +113,7 @@ def _loop(run: config_loader.RunConfig, model: setup_lib.Model, data: setup_lib.
   last, done, window = {}, start, _Window()
   try:
     with preemption.Notice() as notice:
-      fetch = functools.partial(setup_lib.next_batch, data, model, run.data_loading)
+      fetch = functools.partial(inputs.next_batch, data, model.plan.mesh, run.data_loading)
       batch, data_state = fetch()
       for step in range(start, total):
         train_state, metrics = train_fn(train_state, batch)
@@ -211,8 +213,8 @@ def _check_finite(done: int, m: dict[str, float], manager: Any,
 
 
 def _evaluate(run: config_loader.RunConfig, eval_fn: Any, train_state: Any,
-              data: setup_lib.Data, model: setup_lib.Model) -> dict[str, float]:
-  batches = setup_lib.eval_batches(run, data, model)
-  result = validation.evaluate(eval_fn, state_lib.model_params(train_state), batches, data.codebook, data.table,
-                               max_batches=run.eval_batches)
+              data: inputs.Data, model: setup_lib.Model) -> dict[str, float]:
+  batches = inputs.eval_batches(run, data, model.plan.mesh)
+  result = validation.evaluate(eval_fn, state_lib.model_params(train_state), batches,
+                               data.codebook, data.table, max_batches=run.eval_batches)
   return {f"eval/{k}": float(np.float32(v)) for k, v in result.items()}
