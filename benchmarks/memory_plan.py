@@ -84,6 +84,11 @@ TARGETS = {
                      "35%: 'full' remat recomputes the forward (~1/3 more work, not in MFU)"),
     "h100x1": Target("one NVIDIA H100 80GB", 1, 80.0, 989e12, 0.35,
                      "35%: a 135M model is overhead-bound on an H100"),
+    # 141 GB = 131 GiB; the H200's bf16 dense peak is the H100 SXM's.
+    "h200x1_lora": Target("one NVIDIA H200 141GB, LoRA over a bfloat16 base", 1, 131.0, 989e12,
+                          0.35, "35%: 'full' remat, 1-row micro-batches"),
+    "v5p_8_lora": Target("TPU v5p-8 slice: 4 chips, 1 host, LoRA over a bfloat16 base", 4, 95.0,
+                         459e12, 0.40, "40%: fsdp + splash, 'minimal' remat"),
 }
 
 
@@ -115,12 +120,14 @@ def abstract_mesh(run: config_loader.RunConfig, devices: int) -> jax.sharding.Ab
 
 
 def state_bytes(model: setup_lib.Model) -> dict[str, int]:
-  """Bytes per device of the parameters and the optimizer state under their shardings."""
+  """Bytes per device of the trainable parameters, their optimizer state and (LoRA) the frozen
+  base, under their shardings."""
   def per_device(tree: Any) -> int:
     return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
                for x in jax.tree.leaves(tree))
   return {"params": per_device(model.target.params),
-          "opt_state": per_device(model.target.opt_state)}
+          "opt_state": per_device(model.target.opt_state),
+          "frozen": per_device(model.target.frozen)}  # LoRA: the base (0 without LoRA).
 
 
 def _saved_bytes_per_token_layer(cfg: model_config.ModelConfig, seq_len: int) -> int:
@@ -150,20 +157,23 @@ def formula(run: config_loader.RunConfig, mesh: jax.sharding.AbstractMesh,
   ways = mesh.shape["data"] * mesh.shape["fsdp"]
   rows = run.batch_size // run.grad_accum_steps // ways  # Rows per device per micro-batch.
   p_item = cfg.jnp_param_dtype.itemsize
-  param_elems = state["params"] // p_item
+  # Trainable parameters: LoRA adapters are float32 whatever the base's param_dtype.
+  param_elems = state["params"] // (4 if cfg.lora else p_item)
   sharded = mesh.shape["fsdp"] * mesh.shape["tensor"] > 1 and run.mesh.rules != "dp"
   none_cfg = cfg.replace(remat="none")
   terms = {
-      "params_and_optimizer (exact)": state["params"] + state["opt_state"],
-      "gradients": state["params"]
+      "params_and_optimizer (exact)": state["params"] + state["opt_state"] + state["frozen"],
+      "gradients": state["params"]  # Of the trainable parameters only (LoRA: the adapters).
                    + (param_elems * 4 if run.grad_accum_steps > 1 else 0),  # + f32 accumulator
       "saved_activations": cfg.num_layers * rows * t * _saved_bytes_per_token_layer(cfg, t),
       # Recomputed forward of one layer plus its gradients, during that layer's backward.
       "layer_working_set": 2 * rows * t * _saved_bytes_per_token_layer(none_cfg, t),
       # f32 logits, their softmax and their gradient (+ the soft-capped copy).
       "logits": rows * t * cfg.vocab_size * 4 * (4 if cfg.final_logit_softcap else 3),
-      # fsdp all-gathers one layer's and the [V, D] table's weights, and their gradients.
-      "gathered_weights": (2 * (_layer_params(cfg) + cfg.vocab_size * cfg.embed_dim) * p_item
+      # fsdp all-gathers one layer's and the [V, D] table's weights, and their gradients
+      # (none for a frozen LoRA base).
+      "gathered_weights": ((1 if cfg.lora else 2) * p_item
+                           * (_layer_params(cfg) + cfg.vocab_size * cfg.embed_dim)
                            if sharded else 0),
   }
   total = sum(terms.values())

@@ -46,13 +46,18 @@ def _peak_memory() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB.
 
 
-def _jax_step(name: str, dtype: str, batch: int, seq_len: int, steps: int) -> dict:
+def _jax_step(name: str, dtype: str, batch: int, seq_len: int, steps: int,
+              lora_rank: int = 0) -> dict:
+  """Our train step on `name`'s model; with `lora_rank`, LoRA (alpha = 2 rank) on every
+  projection of a frozen base: only the adapters get gradients and AdamW moments."""
   import functools
   import jax
   import numpy as np
-  from treasure_jax.model import sharding, transformer
+  from treasure_jax.model import config as model_config, sharding, transformer
   from treasure_jax.train import mfu, optim, state as state_lib, step as step_lib
   cfg = _model_config(name, dtype)
+  if lora_rank:
+    cfg = cfg.replace(lora=model_config.LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank))
   mesh = sharding.make_mesh(sharding.MeshConfig(shape=(1, 1, 1)), jax.devices()[:1])
   plan = sharding.Plan.create(mesh, "fsdp")
   model = transformer.create(cfg, seed=0, mesh=mesh)
@@ -66,6 +71,8 @@ def _jax_step(name: str, dtype: str, batch: int, seq_len: int, steps: int) -> di
                                  lr_schedule=optim.schedule(opt_cfg, 1000), plan=plan),
                donate_argnums=0)
   data = random_batch(cfg.vocab_size, batch, seq_len)
+  trainable = sum(x.size for x in jax.tree.leaves(train_state.params))
+  frozen = sum(x.size for x in jax.tree.leaves(train_state.frozen))
   train_state, m, compile_s, times = time_steps(fn, train_state, data, steps)
   stats = jax.devices()[0].memory_stats() or {}
   flops = mfu.flops_per_token(cfg, seq_len)
@@ -74,6 +81,7 @@ def _jax_step(name: str, dtype: str, batch: int, seq_len: int, steps: int) -> di
           "memory_kind": "device peak" if stats else "process peak RSS",
           "flops_per_token": flops.per_token, "flop_formula": flops.formula,
           "loss": float(m["loss"]), "device": str(jax.devices()[0].device_kind),
+          "trainable_params": int(trainable), "frozen_params": int(frozen),
           "dtype": cfg.dtype, "jax_matmul_peak": mfu.measure_matmul_peak(cfg.dtype)}
 
 

@@ -8,6 +8,10 @@ Command (README "Running at scale"; --config.data.variant=baseline gives the no-
   h100x8: sbatch --nodes=1 --gpus-per-node=8 --ntasks-per-node=1 launch/slurm_gpu.sh \
             configs/llama3_8b.py:h100x8 /shared/runs/llama3_8b
           (N = 2 or 4 nodes: --nodes=N and --config.grad_accum_steps=4/N; same memory per GPU)
+  h200x1_lora: treasure-jax train --config configs/llama3_8b.py:h200x1_lora \
+            --workdir /shared/runs/llama3_8b_lora   (LoRA; export writes merged + PEFT adapter)
+  v5p_8_lora: launch/tpu_vm_pod.sh tj-v5p8 europe-west4-b v5p-8 configs/llama3_8b.py:v5p_8_lora \
+            gs://BUCKET/runs/llama3_8b_lora
 Inputs: init_from, the base model (meta-llama/Llama-3.1-8B, safetensors; `treasure-jax convert`
   checks it), and data.train_files / eval_files, annotated JSONL. gs://BUCKET and /shared are
   placeholders: override them (--config.init_from=..., --config.data.train_files=...).
@@ -25,8 +29,19 @@ Hardware, expected memory per device and throughput (`python benchmarks/memory_p
           GiB (state 11.2 exact, gradients and accumulator 7.5, logits 11.7); AOT (CPU proxy)
           64.5 GiB. Throughput (formula, 35% MFU, 1 node) ~48k tokens/s: 5.5 s a step,
           12.2 h for the 8,000 steps.
-Precision: float32 master weights and Adam moments, bfloat16 matmuls and activations (norms,
-  softmax and logits in float32).
+  h200x1_lora One H200 141GB (131 GiB). LoRA rank 16 (alpha 32) on q/k/v/o and gate/up/down over a
+          frozen bfloat16 base; 32 micro-batches of 1 row, 'full' remat, cuDNN attention. Memory
+          (formula) ~32.9 GiB (base 15.0, adapters + AdamW 0.47 exact, logits 11.7); AOT (CPU proxy)
+          104.5 GiB. Throughput (formula, 35% MFU, counting 6N a token though the frozen base needs
+          no weight gradients) ~6k tokens/s: 43.9 s a step, 97.5 h for the 8,000 steps.
+  v5p_8_lora TPU v5p-8 = 4 chips, 1 host. LoRA rank 16 (alpha 32) on every projection over a frozen
+          bfloat16 base; mesh data 1 x fsdp 4 x tensor 1, 8 micro-batches of 1 row a chip, 'minimal'
+          remat, splash attention. Memory (formula) ~43.8 GiB (base 3.7, adapters + AdamW 0.35
+          exact, logits 11.7); AOT (CPU proxy) 83.4 GiB. Throughput (formula, 40% MFU, counting 6N a
+          token though the frozen base needs no weight gradients) ~13k tokens/s: 20.7 s a step, 45.9
+          h for the 8,000 steps.
+Precision: float32 master weights (LoRA: a bfloat16 frozen base, float32 adapters) and Adam
+  moments, bfloat16 matmuls and activations (norms, softmax and logits in float32).
 Produces: in the workdir, metrics.jsonl (loss, marker and response loss, marker-token accuracy,
   tokens/s, MFU; every 500 steps eval/ metrics with head and long-tail slices), checkpoints/
   every 500 steps (3 kept; a rerun resumes), config.json and taxonomy.json;

@@ -29,7 +29,17 @@ FINETUNE_TARGETS = {
                    root="gs://BUCKET"),
     "h100x8": dict(mesh=(-1, 8, 1), grad_accum_steps=4, remat="full", attention_impl="cudnn",
                    root="/shared"),
+    # LoRA (rank 16 on every projection) over a bfloat16 frozen base: only the adapters get
+    # gradients and AdamW moments, so a 7-9B model trains on one H200 or a v5p-8.
+    "h200x1_lora": dict(mesh=(1, 1, 1), grad_accum_steps=32, remat="full",
+                        attention_impl="cudnn", root="/shared", lora=True),
+    "v5p_8_lora": dict(mesh=(1, 4, 1), grad_accum_steps=8, remat="minimal",
+                       attention_impl="splash", root="gs://BUCKET", lora=True),
 }
+# The adapters of the `_lora` targets (model.lora; config.LoraConfig's fields).
+LORA = dict(rank=16, alpha=32.0, dropout=0.0,
+            targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                     "down_proj"))
 
 # The decode section of the 7-9B sweeps; smaller sweeps change some of it.
 DECODE = dict(batch_size=32, max_new_tokens=1024, sampler="greedy", temperature=1.0, top_k=0,
@@ -47,7 +57,8 @@ def finetune_targets(**changes: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
       `h100x8=dict(attention_impl="xla")`.
 
   Returns:
-    A fresh table: target name -> mesh, grad_accum_steps, remat, attention_impl, root.
+    A fresh table: target name -> mesh, grad_accum_steps, remat, attention_impl, root (and
+    lora=True for the LoRA targets).
   """
   unknown = sorted(set(changes) - set(FINETUNE_TARGETS))
   if unknown:
@@ -98,6 +109,9 @@ def finetune_config(where: str, variant: str | None, *,
   c.model = ml_collections.ConfigDict(dict(
       preset=preset, param_dtype="float32", dtype="bfloat16", remat=v["remat"],
       scan_layers=True, attention_impl=v["attention_impl"]))
+  if v.get("lora"):  # A frozen base in bfloat16; the adapters are float32 (`model.lora`).
+    c.model.param_dtype = "bfloat16"
+    c.model.lora = ml_collections.ConfigDict(LORA)
   c.data = ml_collections.ConfigDict(dict(
       task="", name="sft", train_files=(f"{v['root']}/data/train.jsonl",),
       eval_files=(f"{v['root']}/data/validation.jsonl",), taxonomy="", template=template,
