@@ -8,8 +8,9 @@ For each train config variant (the variant names the hardware, `benchmarks/memor
     the figure printed in the config's docstring is the formula's;
   - the train step is compiled ahead of time on a fake CPU mesh of the target's device count and
     XLA's `memory_analysis()` per device is printed (`pytest -s`) and must fit the device:
-    95 GiB for TPU v5p, 80 GiB for H100, 131 GiB for H200. CPU compilation is a proxy (see memory_plan): splash
-    and cuDNN attention are replaced by "xla" attention, whose T x T scores are counted.
+    95 GiB for TPU v5p, 80 GiB for H100, 131 GiB for H200. CPU compilation is a proxy (see
+    memory_plan): splash and cuDNN attention are replaced by "xla" attention, whose T x T
+    scores are counted.
 The 7-9B configs must use the paper's hyperparameters. Eval sweep configs must resolve.
 
 Compile cost, measured on the 2-core test machine: an AOT compile takes 15-25 s of CPU whatever
