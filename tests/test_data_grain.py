@@ -205,3 +205,17 @@ def test_eval_batches_cover_every_example_once_with_equal_counts_per_host(cfg, b
   with pytest.raises(ValueError, match="eval_files"):
     next(grain_pipeline.make_eval_iterator(cfg, options=options, vocabulary=bpe,
                                            global_batch_size=6))
+
+
+def test_chat_options_equal_the_seqio_tasks_for_every_data_field(cfg, bpe):
+  """The Grain path builds its ChatOptions from the same DataConfig fields as the seqio task
+  (normalize, dropout, variant, seed, error policies): none is silently dropped."""
+  import dataclasses
+  other = dataclasses.replace(cfg, name="grain_options", normalize=True, p_dataset=0.3,
+                              p_sample=0.7, variant="baseline", on_bad_record="skip",
+                              on_overflow="truncate", seed=11)
+  names = tasks.register_from_config(other, bpe)
+  want = tasks.options(seqio.TaskRegistry.get(names[other.variant]))
+  got = grain_pipeline.chat_options(other, bpe)
+  for field in dataclasses.fields(want):
+    assert getattr(got, field.name) == getattr(want, field.name), field.name

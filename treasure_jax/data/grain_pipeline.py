@@ -302,4 +302,5 @@ def chat_options(cfg: config_lib.DataConfig, vocabulary: Any) -> preprocessors.C
   return preprocessors.ChatOptions(
       taxonomy=tax, template=chat_templates.get(cfg.template, vocabulary), variant=cfg.variant,
       dropout=dropout_lib.DropoutConfig(p_dataset=cfg.p_dataset, p_sample=cfg.p_sample),
-      seed=cfg.seed, on_bad_record=cfg.on_bad_record, on_overflow=cfg.on_overflow)
+      seed=cfg.seed, on_bad_record=cfg.on_bad_record, on_overflow=cfg.on_overflow,
+      normalize=cfg.normalize)
