@@ -148,6 +148,35 @@ def test_temporary_directory_is_removed_and_environment_is_clean(monkeypatch):
   assert not os.path.exists(cwd) and not os.path.exists(os.path.dirname(cwd))
 
 
+@pytest.mark.parametrize("program", [
+    "import os\nwhile True:\n    os.fork()\n",
+    "import subprocess\nsubprocess.run(['true'])\n",
+    "import os\nos.system('true')\n",
+    "import multiprocessing\np = multiprocessing.Process(target=print)\np.start()\n",
+], ids=["fork_bomb", "subprocess", "system", "multiprocessing"])
+def test_process_creation_is_refused_and_recorded(program):
+  result = sandbox.run_python(program, FAST)
+  assert result.status == "crashed", result
+  assert "process creation is disabled" in result.detail + result.stderr_tail
+
+
+def test_writes_outside_the_directory_are_refused_inside_are_allowed(tmp_path):
+  target = tmp_path / "escaped.txt"
+  victim = tmp_path / "victim.txt"
+  victim.write_text("keep")
+  for program in (f"open({str(target)!r}, 'w').write('x')\n",
+                  f"import os\nos.open({str(target)!r}, os.O_WRONLY | os.O_CREAT)\n",
+                  f"import os\nos.remove({str(victim)!r})\n",
+                  f"import pathlib\npathlib.Path({str(target)!r}).write_text('x')\n"):
+    result = sandbox.run_python(program, FAST)
+    assert result.status == "crashed" and "outside the sandbox" in result.detail, program
+  assert not target.exists() and victim.read_text() == "keep"
+  inside = ("import os, pathlib\nos.makedirs('a/b')\npathlib.Path('a/b/c.txt').write_text('x')\n"
+            "os.rename('a/b/c.txt', 'd.txt')\nassert open('d.txt').read() == 'x'\n"
+            f"assert open({str(victim)!r}).read() == 'keep'\n")
+  assert sandbox.run_python(inside, FAST).status == "passed"
+
+
 def test_parallelism_is_bounded(monkeypatch):
   active, peak, lock = [0], [0], threading.Lock()
 

@@ -14,6 +14,10 @@ Guarantees, per run:
   (`socket.socket` and `_socket.socket`). Layer 2 alone stops accidental network use by Python
   code, not a determined program (ctypes, subprocess): it is not a security boundary, and
   `Result.network_isolation` says which layers were active.
+- Processes and files, in Python (like layer 2, not a security boundary): before user code
+  runs, process creation (os.fork/system/exec*/spawn*, subprocess) raises PermissionError, so a
+  fork bomb fails at its first fork; opening a file for writing, or removing, renaming or
+  creating paths, outside the program's directory raises PermissionError.
 - The child's environment is minimal (no API keys or tokens from the parent) and Python runs
   isolated (-I: no PYTHON* variables, no user site-packages); stdin is /dev/null.
 - The outcome is always recorded, as one of STATUSES, with the stdout/stderr tails.
@@ -45,8 +49,9 @@ _MEMORY_HINTS = ("MemoryError", "std::bad_alloc", "Cannot allocate memory", "out
 _RUNNER = r'''
 import errno, json, resource, sys, traceback
 cfg = json.load(open(sys.argv[1]))
+_open = open
 def _report(status, detail=""):
-  with open(cfg["result_path"], "w") as f:
+  with _open(cfg["result_path"], "w") as f:
     json.dump({"status": status, "detail": detail}, f)
 cpu = int(cfg["cpu_s"])
 resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
@@ -68,6 +73,47 @@ def _guarded_init(self, family=-1, type=-1, proto=-1, fileno=None):
   _check(socket.AF_INET if family == -1 else family, fileno)
   _py_init(self, family, type, proto, fileno)
 socket.socket.__init__ = _guarded_init
+import builtins, io, os, subprocess
+def _no_process(*args, **kwargs):
+  raise PermissionError(errno.EPERM, "process creation is disabled in this sandbox")
+for _name in ("fork", "forkpty", "system", "popen", "posix_spawn", "posix_spawnp", "spawnv",
+              "spawnve", "spawnvp", "spawnvpe", "execv", "execve", "execvp", "execvpe", "execl",
+              "execle", "execlp", "execlpe"):
+  if hasattr(os, _name):
+    setattr(os, _name, _no_process)
+subprocess.Popen._execute_child = _no_process
+_work = os.path.realpath(os.getcwd())
+def _inside(path):
+  if isinstance(path, int):
+    return True  # An already-open descriptor.
+  full = os.path.realpath(os.fsdecode(path))
+  return full == _work or full.startswith(_work + os.sep) or full == os.devnull
+def _outside(path):
+  raise PermissionError(errno.EACCES, "writing outside the sandbox directory is disabled", path)
+def _guarded_open(file, mode="r", *args, **kwargs):
+  if any(c in mode for c in "wax+") and not _inside(file):
+    _outside(file)
+  return _open(file, mode, *args, **kwargs)
+builtins.open = io.open = _guarded_open
+_os_open = os.open
+_WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+def _guarded_os_open(path, flags, *args, **kwargs):
+  if flags & _WRITE and not _inside(path):
+    _outside(path)
+  return _os_open(path, flags, *args, **kwargs)
+os.open = _guarded_os_open
+def _guard_paths(name, count):
+  real = getattr(os, name)
+  def guarded(*args, **kwargs):
+    for path in args[:count]:
+      if not _inside(path):
+        _outside(path)
+    return real(*args, **kwargs)
+  setattr(os, name, guarded)
+for _name, _count in (("remove", 1), ("unlink", 1), ("rmdir", 1), ("mkdir", 1),
+                      ("makedirs", 1), ("rename", 2), ("replace", 2), ("chmod", 1),
+                      ("symlink", 2), ("link", 2), ("truncate", 1)):
+  _guard_paths(_name, _count)
 source = open(cfg["program_path"], encoding="utf-8").read()
 scope = {"__name__": "__main__", "__builtins__": __builtins__}
 try:
