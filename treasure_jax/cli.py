@@ -288,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="treasure-jax",
       description="Train language models with training-time markers (JAX/Flax).")
+  parser.add_argument("--debug", action="store_true",
+                      help="on an input error, show the Python traceback too")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   _add_markers(sub)
   _add_annotate(sub)
@@ -313,7 +315,8 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
                         ("treasure_jax.annotate.metadata", ["MetadataError"]),
                         ("treasure_jax.annotate.llm", ["LlmError"]),
                         ("treasure_jax.annotate.quality", ["QualityError"]),
-                        ("treasure_jax.annotate.cache", ["CacheError"])]:
+                        ("treasure_jax.annotate.cache", ["CacheError"]),
+                        ("treasure_jax.train.workdir_lock", ["WorkdirBusyError"])]:
     mod = sys.modules.get(module)
     types += [getattr(mod, n) for n in names if mod is not None and hasattr(mod, n)]
   return tuple(types)
@@ -339,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
       allocator.exec_with_mimalloc()  # Returns if already preloaded, off or unavailable.
     args.func(args)
   except _user_error_types() as e:
+    if args.debug:
+      raise
     print(f"treasure-jax {args.command}: error: {e}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:

@@ -115,7 +115,8 @@ def _examples(in_path: str, tax, rules: metadata.MetadataRules, skip_invalid: bo
   read) with `skip_invalid`. `repairs` counts the normalization repairs of the valid records,
   and "records" the records repaired.
   """
-  for line, raw in stats.read_jsonl(in_path, skip_invalid=skip_invalid, rejects=rejects):
+  for line, raw in stats.read_jsonl(in_path, skip_invalid=skip_invalid, rejects=rejects,
+                                    require_records=True):
     obj, made = normalize_lib.repair(raw, norm) if norm.enabled else (raw, {})
     where = f"{in_path}:{line}"
     try:

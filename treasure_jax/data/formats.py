@@ -7,6 +7,7 @@ record each; Parquet: a `record` column), which `grain_pipeline` reads. TF-free.
 """
 from __future__ import annotations
 
+import codecs
 import os
 from typing import Any
 
@@ -28,11 +29,18 @@ def convert(in_path: str, out_path: str, *, tax: taxonomy_lib.Taxonomy | None = 
     raise ValueError(f"{out_path}: the output must end with {' or '.join(FORMATS)}")
   tax = tax or taxonomy_lib.default_taxonomy()
   records, bad = [], []
-  with open(in_path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
-      if not line.strip():
+  with open(in_path, "rb") as f:
+    for line_no, raw in enumerate(f, start=1):
+      if line_no == 1 and raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]  # A byte-order mark (Windows editors) is not data.
+      if not raw.strip():
         continue
       try:
+        try:
+          line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+          raise preprocessors.RecordError(f"{in_path}:{line_no}", "invalid_utf8",
+                                          f"invalid UTF-8 at byte {e.start}") from None
         preprocessors.parse_record(line, f"{in_path}:{line_no}", tax)
       except preprocessors.RecordError as e:
         if not skip_invalid:
@@ -40,6 +48,8 @@ def convert(in_path: str, out_path: str, *, tax: taxonomy_lib.Taxonomy | None = 
         bad.append(str(e))
         continue
       records.append(line.strip())
+  if not records and not bad:
+    raise ValueError(f"{in_path}: no records: the file is empty")
   if kind == ".parquet":
     import pyarrow as pa  # pylint: disable=g-import-not-at-top
     import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top

@@ -111,6 +111,8 @@ def parse_record(text: str, origin: str, tax: taxonomy_lib.Taxonomy, *, normaliz
   `normalize`: raw chats are first repaired by `annotate.normalize.repair` (the same repairs
   as `treasure-jax annotate --normalize`), each counted in `counters` as `repaired/<kind>`.
   """
+  if text.startswith("\ufeff"):
+    text = text[1:]  # A byte-order mark before a file's first record is not data.
   try:
     record = json.loads(text)
   except ValueError as e:

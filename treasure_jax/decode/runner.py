@@ -30,6 +30,7 @@ class Request:
   prompt: str
   mode: modes.Mode = modes.Mode()
   id: Any = None
+  origin: str = ""  # Where it was read ("file:line"), for error messages.
 
 
 @dataclasses.dataclass
@@ -83,6 +84,7 @@ class Decoder:
     for lo in range(0, len(requests), batch_size):
       batch = list(requests[lo:lo + batch_size])
       inputs = [self.prompt_ids(r, raw) for r in batch]
+      self._check_lengths(batch, inputs, max_new_tokens)
       starts = None
       if tables is not None:
         starts = [self._start_state(r, prefix) for r, (_, prefix) in zip(batch, inputs)]
@@ -94,6 +96,16 @@ class Decoder:
       for i, r in enumerate(batch):
         results.append(self._finish(r, inputs[i], gen, i, stop_strings, logprobs))
     return results
+
+  def _check_lengths(self, batch: Sequence[Request], inputs: Sequence[tuple[list[int], str]],
+                     max_new_tokens: int) -> None:
+    """A prompt that cannot fit the context with `max_new_tokens` is an error naming it."""
+    limit = self.model.cfg.max_seq_len
+    for r, (ids, _) in zip(batch, inputs):
+      if len(ids) + max_new_tokens > limit:
+        raise ValueError(f"{r.origin or f'prompt {r.id!r}'}: the prompt has {len(ids)} tokens; "
+                         f"with max_new_tokens {max_new_tokens} that exceeds the model's "
+                         f"context of {limit} tokens: shorten it or lower --max-new-tokens")
 
   def _start_state(self, request: Request, prefix: str) -> int:
     automaton = self.automaton()
@@ -156,7 +168,7 @@ def read_requests(input_path: str, tax: taxonomy_lib.Taxonomy, *, mode: str | No
                     bool(record.get("force_prefix", force_prefix)))
     except (taxonomy_lib.MarkerError, ValueError) as e:
       raise type(e)(f"{where}: {e}") from None
-    requests.append(Request(record["prompt"], m, record.get("id", line)))
+    requests.append(Request(record["prompt"], m, record.get("id", line), where))
   return requests
 
 

@@ -7,6 +7,7 @@ reports bad lines with file and line number, used by every stage that reads JSON
 """
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
 import os
@@ -18,25 +19,33 @@ from treasure_jax.markers import taxonomy as taxonomy_lib
 
 
 class JsonlError(ValueError):
-  """A bad line in a JSONL file; the message starts with `path:line:`."""
+  """A bad line in a JSONL file; the message starts with `path:line:` (`path:` when the
+  whole file is at fault, line 0)."""
 
   def __init__(self, path: str, line: int, reason: str):
-    super().__init__(f"{path}:{line}: {reason}")
+    super().__init__(f"{path}:{line}: {reason}" if line else f"{path}: {reason}")
     self.path, self.line, self.reason = path, line, reason
 
 
 def read_jsonl(path: str | os.PathLike, *, skip_invalid: bool = False,
-               rejects: list | None = None) -> Iterator[tuple[int, dict]]:
+               rejects: list | None = None, require_records: bool = False
+               ) -> Iterator[tuple[int, dict]]:
   """Yields (1-based line number, object) for every non-blank line.
 
   A line that is not valid UTF-8, not valid JSON, or not a JSON object raises JsonlError, or,
-  with `skip_invalid`, is skipped and appended to `rejects` as (line, reason, raw text).
+  with `skip_invalid`, is skipped and appended to `rejects` as (line, reason, raw text). A
+  UTF-8 byte-order mark before the first line (Windows editors write one) is dropped; line
+  endings may be LF or CRLF. `require_records`: a file with no non-blank line is an error.
   """
   path = os.fspath(path)
+  seen = False
   with open(path, "rb") as f:
     for lineno, raw in enumerate(f, start=1):
+      if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
       if not raw.strip():
         continue
+      seen = True
       try:
         text = raw.decode("utf-8")
         obj = json.loads(text)
@@ -53,6 +62,8 @@ def read_jsonl(path: str | os.PathLike, *, skip_invalid: bool = False,
         raise JsonlError(path, lineno, reason)
       if rejects is not None:
         rejects.append((lineno, reason, text.rstrip("\n")))
+  if require_records and not seen:
+    raise JsonlError(path, 0, "no records: the file is empty")
 
 
 @dataclasses.dataclass
@@ -113,6 +124,9 @@ def frequency_table(records: Iterable[Mapping], tax: taxonomy_lib.Taxonomy, *,
   for record in records:
     total += 1
     markers = record.get("markers") or {}
+    if not isinstance(markers, Mapping):
+      problems["markers is not an object"] = problems.get("markers is not an object", 0) + 1
+      continue
     for p in tax.problems(markers):
       problems[p] = problems.get(p, 0) + 1
     for name, value in markers.items():
@@ -133,8 +147,17 @@ def frequency_table(records: Iterable[Mapping], tax: taxonomy_lib.Taxonomy, *,
 
 def table_for_file(path: str | os.PathLike, tax: taxonomy_lib.Taxonomy, *,
                    threshold: float = 0.05, skip_invalid: bool = False) -> FrequencyTable:
-  return frequency_table((r for _, r in read_jsonl(path, skip_invalid=skip_invalid)), tax,
-                         threshold=threshold)
+  """The table of an annotated JSONL; a line whose `markers` is not an object is a JsonlError
+  (skipped with `skip_invalid`), like a line that is not JSON."""
+  def records() -> Iterator[dict]:
+    for line, record in read_jsonl(path, skip_invalid=skip_invalid, require_records=True):
+      markers = record.get("markers")
+      if markers is None or isinstance(markers, Mapping):
+        yield record
+      elif not skip_invalid:
+        raise JsonlError(os.fspath(path), line, "'markers' must be an object {category: value}"
+                         f", got {type(markers).__name__}")
+  return frequency_table(records(), tax, threshold=threshold)
 
 
 def dump(table: FrequencyTable, path: str | os.PathLike) -> None:

@@ -53,6 +53,10 @@ class CheckpointConfig:
       raise ValueError(f"checkpoint.keep={self.keep} must be >= 1")
 
 
+class CorruptCheckpointError(ValueError):
+  """A step directory that cannot be read back (truncated, files missing)."""
+
+
 class StructureError(ValueError):
   """A checkpoint's parameters do not match the model being restored (not a corrupt file)."""
 
@@ -206,12 +210,22 @@ def load_for_inference(path: str, *, mesh: jax.sharding.Mesh | None = None,
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"{directory}: no complete checkpoint step")
-  small = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore(),
-                                                        taxonomy=ocp.args.JsonRestore()))
-  meta = small["meta"]
-  cfg = model_config.from_dict(meta["model_config"])
-  cfg = dataclasses.replace(cfg, dtype=dtype or cfg.param_dtype)
-  model = _restore_params(manager, step, cfg, mesh, rules, meta.get("base"))
+  try:
+    small = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore(),
+                                                          taxonomy=ocp.args.JsonRestore()))
+    meta = small["meta"]
+    cfg = model_config.from_dict(meta["model_config"])
+    cfg = dataclasses.replace(cfg, dtype=dtype or cfg.param_dtype)
+    model = _restore_params(manager, step, cfg, mesh, rules, meta.get("base"))
+  except (StructureError, ValueError):
+    raise
+  except Exception as e:  # Orbax/tensorstore raise many types for unreadable files.
+    others = sorted(s for s in manager.all_steps() if s != step)
+    hint = (f"; earlier steps: {', '.join(f'{directory}/{s}' for s in others[-3:])}" if others
+            else "; it has no other step")
+    raise CorruptCheckpointError(
+        f"checkpoint {directory}/{step} is incomplete or corrupt ({type(e).__name__}: "
+        f"{str(e)[:200]}){hint}") from e
   info = {"source": "checkpoint", "step": step, **{k: v for k, v in meta.items()
                                                    if k != "model_config"}}
   return Loaded(cfg, model, taxonomy_lib.from_dict(small["taxonomy"]), info)

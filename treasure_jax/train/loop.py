@@ -36,6 +36,7 @@ from treasure_jax.train import setup as setup_lib
 from treasure_jax.train import state as state_lib
 from treasure_jax.train import step as step_lib
 from treasure_jax.train import validation
+from treasure_jax.train import workdir_lock
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -58,18 +59,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = sharding.make_mesh(run.mesh)
   setup_lib.check_mesh(run, mesh)
   os.makedirs(workdir, exist_ok=True)
-  data = inputs.make_data(run)
-  setup_lib.write_outputs(config, run, data, workdir)
-  model = setup_lib.make_model(run, mesh)
-  manager = checkpoint.make_manager(workdir, run.checkpoint)
-  try:
-    train_state = setup_lib.restore_or_init(run, model, manager, data)
-    save = functools.partial(setup_lib.save, manager=manager, config=config, run=run, data=data)
-    return _loop(run, model, data, manager, save, train_state, workdir, progress)
-  finally:
-    manager.wait_until_finished()
-    manager.close()
-    data.train.close()
+  with workdir_lock.hold(workdir):
+    data = inputs.make_data(run)
+    setup_lib.write_outputs(config, run, data, workdir)
+    model = setup_lib.make_model(run, mesh)
+    manager = checkpoint.make_manager(workdir, run.checkpoint)
+    try:
+      train_state = setup_lib.restore_or_init(run, model, manager, data)
+      save = functools.partial(setup_lib.save, manager=manager, config=config, run=run,
+                               data=data)
+      return _loop(run, model, data, manager, save, train_state, workdir, progress)
+    finally:
+      manager.wait_until_finished()
+      manager.close()
+      data.train.close()
 
 
 def _compile_steps(run: config_loader.RunConfig, model: setup_lib.Model) -> tuple[Any, Any]:
