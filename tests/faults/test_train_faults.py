@@ -1,0 +1,86 @@
+"""Training faults: a second trainer on a busy workdir, SIGKILL in the middle of a checkpoint
+save. (SIGTERM, a corrupt latest checkpoint, NaN loss and a dead process of a multi-host run
+are in tests/test_train_loop.py; the README's "Reliability" table lists them all.)"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from treasure_jax.train import workdir_lock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = os.path.join(ROOT, "configs", "tiny.py")
+KEYS = ("loss", "marker_loss", "response_loss", "grad_norm", "lr", "tokens")
+
+
+def _train_command(workdir, *overrides):
+  return [sys.executable, "-m", "treasure_jax.cli", "train", "--config", TINY, "--workdir",
+          str(workdir), "--no-progress", "--config.eval_every_steps=0", *overrides]
+
+
+def _env():
+  return {**os.environ, "JAX_PLATFORMS": "cpu", "TREASURE_JAX_MALLOC": "system"}
+
+
+def test_a_second_trainer_on_a_busy_workdir_is_refused_naming_the_lock(tmp_path):
+  with workdir_lock.hold(str(tmp_path)):
+    result = subprocess.run(_train_command(tmp_path, "--config.num_train_steps=3"),
+                            capture_output=True, text=True, env=_env(), timeout=300,
+                            check=False)
+  assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert f"workdir {tmp_path} is in use by another trainer (pid {os.getpid()} on" in (
+      result.stderr)
+  assert workdir_lock.LOCK_NAME in result.stderr
+  assert not os.path.exists(tmp_path / "checkpoints")  # It stopped before touching anything.
+  with workdir_lock.hold(str(tmp_path)):  # Released: the next holder gets it.
+    pass
+
+
+def _metrics(workdir):
+  out = {}
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    for line in f:
+      record = json.loads(line)
+      if "step" in record and "loss" in record:
+        out[record["step"]] = record  # A resumed run re-logs the steps after its checkpoint.
+  return out
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_checkpoint_save_then_the_rerun_matches(tmp_path):
+  """checkpoint.every_steps=1: SIGKILL as soon as a save is in flight (orbax's temporary step
+  directory exists); the rerun resumes from the last complete step, the unfinished one is never
+  read, and every step's metrics equal an uninterrupted run's."""
+  overrides = ("--config.num_train_steps=6", "--config.checkpoint.every_steps=1",
+               "--config.checkpoint.keep=2", f"--config.compilation_cache_dir={tmp_path}/cache")
+  reference = tmp_path / "reference"
+  done = subprocess.run(_train_command(reference, *overrides), capture_output=True, text=True,
+                        env=_env(), timeout=600, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(_train_command(killed, *overrides), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, env=_env())
+  checkpoints = killed / "checkpoints"
+  deadline = time.monotonic() + 300
+  while time.monotonic() < deadline and proc.poll() is None:
+    names = os.listdir(checkpoints) if checkpoints.exists() else []
+    if any("tmp" in n for n in names) and any(n.isdigit() for n in names):
+      proc.send_signal(signal.SIGKILL)  # A second save is in flight.
+      break
+    time.sleep(0.005)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, "the run ended before a save could be interrupted"
+  rerun = subprocess.run(_train_command(killed, *overrides), capture_output=True, text=True,
+                         env=_env(), timeout=600, check=False)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  got, want = _metrics(killed), _metrics(reference)
+  assert sorted(got) == sorted(want) == list(range(1, 7))
+  for step in want:
+    for key in KEYS:
+      assert got[step][key] == want[step][key], (step, key)
