@@ -118,3 +118,40 @@ def test_a_record_outside_the_taxonomy_is_a_catchable_error_naming_file_and_line
                                      taxonomy=demo_like)["markers"]
   ds = seqio.get_mixture_or_task(name).get_dataset(None, "train", shuffle=False)
   assert len(list(tasks.as_numpy_iterator(ds, name))) == 2
+
+
+def test_seqio_evaluator_scores_predictions_against_the_completion(names):
+  """seqio's own Evaluator on the T5X task: a model that writes each example's completion (the
+  tokens that carry loss) scores 100; one that writes another answer loses exact match but keeps
+  the markers. So the cached targets are the completion, not the prompt."""
+  vocab = testing.small_bpe_vocabulary()
+  evaluator = seqio.Evaluator(names["markers"],
+                              feature_converter=t5x.MarkerLMFeatureConverter(pack=False),
+                              eval_split="train", sequence_length={"targets": 512},
+                              async_compute_metrics=False)
+
+  def padded(ids):  # Like a T5X model's output: fixed length, 0-padded (0 decodes to nothing).
+    return list(ids) + [0] * (512 - len(ids))
+
+  def completions(ds):
+    out = []
+    for index, ex in ds.as_numpy_iterator():
+      ids = ex["decoder_target_tokens"][ex["decoder_loss_weights"] > 0]
+      out.append((index, padded(ids.tolist())))
+    return out
+
+  def other_answers(ds):
+    out = []
+    for index, ids in completions(ds):
+      text = vocab.decode(ids).replace("It is", "Maybe")
+      out.append((index, padded(vocab.encode(text))))
+    return out
+
+  scores = {}
+  for name, predict in (("exact", completions), ("other", other_answers)):
+    future, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict)
+    scores[name] = {k: v for k, v in future.result()[names["markers"]].items()}
+  assert scores["exact"]["marker_accuracy"] == 100.0
+  assert scores["exact"]["response_exact_match"] == 100.0
+  assert scores["other"]["marker_accuracy"] == 100.0
+  assert scores["other"]["response_exact_match"] == 0.0
