@@ -81,6 +81,13 @@ def test_markers_fixed_inferred_and_constrained(served):
   inferred = c.chat.completions.create(model="tiny", messages=HI, max_tokens=16)
   assert inferred.choices[0].markers["mode"] == "inferred"
   assert inferred.usage.completion_tokens == 16 and inferred.choices[0].finish_reason == "length"
+  # A random model writes no list: the problem is reported, not hidden.
+  assert inferred.choices[0].markers["problems"] and not inferred.choices[0].markers["values"]
+  # "none": plain generation, nothing added to the prompt and nothing parsed.
+  plain = c.chat.completions.create(model="tiny", messages=HI, max_tokens=16,
+                                    extra_body={"marker_mode": "none"})
+  assert plain.choices[0].markers == {"mode": "none", "values": {}, "problems": []}
+  assert plain.usage.prompt_tokens < fixed.usage.prompt_tokens  # No prompt-side list.
   # Constrained: the random model's list always parses; forced, it starts with the marker.
   constrained = c.chat.completions.create(
       model="tiny", messages=HI, max_tokens=80,
