@@ -316,7 +316,8 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
                         ("treasure_jax.annotate.llm", ["LlmError"]),
                         ("treasure_jax.annotate.quality", ["QualityError"]),
                         ("treasure_jax.annotate.cache", ["CacheError"]),
-                        ("treasure_jax.train.workdir_lock", ["WorkdirBusyError"])]:
+                        ("treasure_jax.train.workdir_lock", ["WorkdirBusyError"]),
+                        ("treasure_jax.train.checkpoint", ["SaveError"])]:
     mod = sys.modules.get(module)
     types += [getattr(mod, n) for n in names if mod is not None and hasattr(mod, n)]
   return tuple(types)

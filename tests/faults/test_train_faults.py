@@ -84,3 +84,30 @@ def test_sigkill_during_a_checkpoint_save_then_the_rerun_matches(tmp_path):
   for step in want:
     for key in KEYS:
       assert got[step][key] == want[step][key], (step, key)
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_save_is_one_line_and_the_previous_checkpoint_survives(tmp_path):
+  """The second save fails for want of space (RLIMIT_FSIZE: writes past 2 MiB fail with EFBIG,
+  as ENOSPC would); the error names the last complete step, which a rerun resumes from."""
+  import resource  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  first = subprocess.run(_train_command(workdir, "--config.num_train_steps=3",
+                                        "--config.checkpoint.every_steps=3"),
+                         capture_output=True, text=True, env=_env(), timeout=600, check=False)
+  assert first.returncode == 0, first.stderr[-3000:]
+  more = ("--config.num_train_steps=6", "--config.checkpoint.every_steps=6")
+  full = subprocess.run(
+      _train_command(workdir, *more), capture_output=True, text=True, env=_env(), timeout=600,
+      check=False, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20,) * 2))
+  assert full.returncode == 2, full.stderr[-3000:]
+  lines = [x for x in full.stderr.splitlines() if x.startswith("treasure-jax train: error:")]
+  assert len(lines) == 1, full.stderr[-3000:]
+  line = lines[0]
+  assert "File too large" in line and "the last complete checkpoint, step 3, is intact" in line, (
+      full.stderr[-3000:])
+  rerun = subprocess.run(_train_command(workdir, *more), capture_output=True, text=True,
+                         env=_env(), timeout=600, check=False)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert sorted(n for n in os.listdir(workdir / "checkpoints")) == ["3", "6"]
+  assert sorted(_metrics(workdir)) == list(range(1, 7))

@@ -53,6 +53,10 @@ class CheckpointConfig:
       raise ValueError(f"checkpoint.keep={self.keep} must be >= 1")
 
 
+class SaveError(RuntimeError):
+  """Writing a checkpoint failed (disk full, file too large, permissions)."""
+
+
 class CorruptCheckpointError(ValueError):
   """A step directory that cannot be read back (truncated, files missing)."""
 
@@ -86,7 +90,37 @@ def save(manager: ocp.CheckpointManager, train_state: state_lib.TrainState, *,
       train=ocp.args.StandardSave({"step": train_state.step, "rng": train_state.rng}),
       data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config),
       taxonomy=ocp.args.JsonSave(taxonomy), meta=ocp.args.JsonSave(meta))
-  return manager.save(step, args=args, force=force)
+  try:
+    return manager.save(step, args=args, force=force)
+  except Exception as e:  # An earlier async save's failure surfaces here too.
+    raise _save_failed(manager, step, e) from e
+
+
+def wait(manager: ocp.CheckpointManager, *, close: bool = False) -> None:
+  """Waits for the save in flight (then closes the manager if `close`); a failure of that save
+  (disk full, ...) becomes a SaveError, wherever orbax surfaces it."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:
+    raise _save_failed(manager, None, e) from e
+  finally:
+    if close:
+      try:
+        manager.close()
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("closing the checkpoint manager: %s: %s", type(e).__name__, e)
+
+
+def _save_failed(manager: ocp.CheckpointManager, step: int | None,
+                 error: Exception) -> SaveError:
+  manager.reload()  # The failed step was never committed: the latest is the last good one.
+  latest = manager.latest_step()
+  kept = (f"the last complete checkpoint, step {latest}, is intact" if latest is not None
+          else "no checkpoint was completed before it")
+  what = f"checkpoint step {step}" if step is not None else "a checkpoint"
+  return SaveError(f"writing {what} to {manager.directory} failed ({type(error).__name__}: "
+                   f"...{str(error)[-160:]}); {kept}: free disk space (or fix the error) and "
+                   "rerun the same command to resume from it")
 
 
 def _restore_args(target: state_lib.TrainState) -> ocp.args.Composite:

@@ -70,9 +70,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                                data=data)
       return _loop(run, model, data, manager, save, train_state, workdir, progress)
     finally:
-      manager.wait_until_finished()
-      manager.close()
-      data.train.close()
+      try:
+        checkpoint.wait(manager, close=True)
+      finally:
+        data.train.close()
 
 
 def _compile_steps(run: config_loader.RunConfig, model: setup_lib.Model) -> tuple[Any, Any]:
@@ -206,7 +207,7 @@ def _check_finite(done: int, m: dict[str, float], manager: Any,
   if math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]):
     return
   logger.write(done, m)
-  manager.wait_until_finished()
+  checkpoint.wait(manager)
   latest = manager.latest_step()
   kept = (f"the last good checkpoint is step {latest} in {manager.directory}" if latest is not None
           else "no checkpoint was saved before it")
