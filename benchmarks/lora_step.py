@@ -10,6 +10,9 @@ a spawned process of its own (`train_step._isolated`), so its peak memory (peak 
 allocator's peak on a GPU) is its own. One JSON object per run: step time, tokens/s, peak
 memory, trainable / frozen parameter counts; the last line compares each rank with full
 fine-tuning (`step_time_ratio`, `peak_memory_ratio`, both LoRA / full).
+Measured 2026-12-03 on the idle 2-core CPU (defaults: SmolLM2-135M float32, 4 x 256): full
+7.44 s a step, 5.96 GiB peak RSS; rank 8 5.79 s (0.78x), 3.96 GiB (0.66x), 1.8% of the
+parameters trained; rank 64 6.75 s (0.91x), 4.40 GiB (0.74x), 12.7%.
 """
 from __future__ import annotations
 
