@@ -12,6 +12,7 @@ like the seqio iterator's. The seqio path is `iterator`'s.
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import math
 import os
@@ -127,7 +128,7 @@ def read_records(patterns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
     texts = (records[i]["record"] for i in range(len(records)))
   for text in texts:
     try:
-      record = json.loads(text)
+      record = json.loads(text.removeprefix("\ufeff"))  # A first line's byte-order mark.
     except ValueError:
       continue
     if isinstance(record, dict):
@@ -278,17 +279,19 @@ def make_eval_iterator(cfg: config_lib.DataConfig, *, options: preprocessors.Cha
   counters = preprocessors.Counters().scoped(cfg.eval_split)
   packer = features.RowPacker(local, seq_len, pack=False,
                               marker_categories=options.taxonomy.names)
-  examples_left = iter(range(len(mine)))
-  for _ in range(num_batches):
-    for i in examples_left:
+  def processed() -> Iterator[dict[str, Any]]:
+    for i in range(len(mine)):
       raw = mine[i]
       (ex,) = preprocessors.process_records(
           [raw["record"]], [raw["origin"]], options=options, vocabulary=vocabulary,
           max_tokens=seq_len + 1, seeds=[cfg.seed], epochs=[0], counters=counters)
       if ex is not None:
-        packer.try_add({**ex, "markers": json.dumps(ex["markers"])})
-      if packer.num_examples == local:
-        break
+        yield {**ex, "markers": json.dumps(ex["markers"])}
+
+  examples_left = processed()
+  for _ in range(num_batches):
+    for ex in itertools.islice(examples_left, local):
+      packer.try_add(ex)
     yield packer.build() if packer.num_examples else packer.empty()
 
 

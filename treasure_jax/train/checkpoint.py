@@ -251,7 +251,7 @@ def load_for_inference(path: str, *, mesh: jax.sharding.Mesh | None = None,
     cfg = model_config.from_dict(meta["model_config"])
     cfg = dataclasses.replace(cfg, dtype=dtype or cfg.param_dtype)
     model = _restore_params(manager, step, cfg, mesh, rules, meta.get("base"))
-  except (StructureError, ValueError):
+  except ValueError:  # StructureError and bad metadata: already named.
     raise
   except Exception as e:  # Orbax/tensorstore raise many types for unreadable files.
     others = sorted(s for s in manager.all_steps() if s != step)

@@ -94,8 +94,8 @@ def _seqio_data(run: config_loader.RunConfig, spec: dict[str, str]) -> Data:
   vocab = vocab_lib.make(spec["kind"], spec["path"])
   _check_vocab(run, vocab, spec)
   provider = tasks.register_from_config(run.data, vocab)[run.data.variant]
-  shard = seqio.ShardInfo(0, 1) if run.data_loading == "replicated" else None
-  train = data_iterator.make_train_iterator(run.data, vocab=vocab, shard_info=shard,
+  train = data_iterator.make_train_iterator(run.data, vocab=vocab,
+                                            shard_info=seqio.ShardInfo(*_shard(run)),
                                             global_batch_size=run.batch_size)
   leaves = mixtures.task_rates(provider, run.data.train_split)
   try:
@@ -145,9 +145,8 @@ def eval_batches(run: config_loader.RunConfig, data: Data, mesh: jax.sharding.Me
     # pylint: disable=g-import-not-at-top
     import seqio
     from treasure_jax.data import iterator as data_iterator
-    shard_info = seqio.ShardInfo(0, 1) if run.data_loading == "replicated" else None
     it = data_iterator.make_eval_iterator(run.data, vocab=data.vocab, global_batch_size=size,
-                                          shard_info=shard_info)
+                                          shard_info=seqio.ShardInfo(*_shard(run)))
   to_global = _from_full if run.data_loading == "replicated" else _global
   try:
     for batch in it:
