@@ -29,6 +29,8 @@ def main(argv: list[str]) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--config", default="smollm2_135m", choices=sorted(train_step.CONFIGS))
   p.add_argument("--ranks", default="8,64", help="comma-separated LoRA ranks")
+  p.add_argument("--qlora_bits", default="8,4",
+                 help="comma-separated base bits of QLoRA runs at the first rank ('' for none)")
   p.add_argument("--batch", type=int, default=4)
   p.add_argument("--seq_len", type=int, default=256)
   p.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
@@ -38,14 +40,16 @@ def main(argv: list[str]) -> None:
   from treasure_jax import allocator
   mimalloc = allocator.mimalloc_path()
   ranks = [int(r) for r in args.ranks.split(",") if r]
+  runs = [(0, 0)] + [(r, 0) for r in ranks] + [
+      (ranks[0], int(b)) for b in args.qlora_bits.split(",") if b and ranks]
   results = {}
-  for rank in [0, *ranks]:
+  for rank, bits in runs:
     result = train_step._isolated("_jax_step", args.config, args.dtype, args.batch,
-                                  args.seq_len, args.steps, rank, preload=mimalloc)
+                                  args.seq_len, args.steps, rank, bits, preload=mimalloc)
     if "step_time_s" in result:
       result["tokens_per_s"] = args.batch * args.seq_len / result["step_time_s"]
     result.pop("jax_matmul_peak", None)
-    name = f"lora_r{rank}" if rank else "full"
+    name = (f"qlora_r{rank}_int{bits}" if bits else f"lora_r{rank}") if rank else "full"
     results[name] = result
     print(json.dumps({"config": args.config, "run": name, "batch": args.batch,
                       "seq_len": args.seq_len, **result}), flush=True)
@@ -53,6 +57,7 @@ def main(argv: list[str]) -> None:
   print(json.dumps({"config": args.config, "dtype": full.get("dtype"), **{
       name: {"step_time_ratio": r["step_time_s"] / full["step_time_s"],
              "peak_memory_ratio": r["peak_memory_bytes"] / full["peak_memory_bytes"],
+             "frozen_bytes": r["frozen_bytes"],
              "trainable_share": r["trainable_params"] / (r["trainable_params"]
                                                          + r["frozen_params"])}
       for name, r in results.items() if name != "full" and "step_time_s" in r}}))

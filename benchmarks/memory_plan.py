@@ -89,6 +89,9 @@ TARGETS = {
                           0.35, "35%: 'full' remat, 1-row micro-batches"),
     "v5p_8_lora": Target("TPU v5p-8 slice: 4 chips, 1 host, LoRA over a bfloat16 base", 4, 95.0,
                          459e12, 0.40, "40%: fsdp + splash, 'minimal' remat"),
+    "h100x1_qlora": Target("one NVIDIA H100 80GB, QLoRA over an int4 base", 1, 80.0, 989e12,
+                           0.30, "30%: 'full' remat, 1-row micro-batches, kernels dequantized"
+                           " at every use"),
 }
 
 
@@ -123,11 +126,16 @@ def state_bytes(model: setup_lib.Model) -> dict[str, int]:
   """Bytes per device of the trainable parameters, their optimizer state and (LoRA) the frozen
   base, under their shardings."""
   def per_device(tree: Any) -> int:
-    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * _bits(x.dtype) // 8
                for x in jax.tree.leaves(tree))
   return {"params": per_device(model.target.params),
           "opt_state": per_device(model.target.opt_state),
           "frozen": per_device(model.target.frozen)}  # LoRA: the base (0 without LoRA).
+
+
+def _bits(dtype: Any) -> int:
+  """Storage bits of one element (int4 is packed two to a byte on GPU and TPU)."""
+  return 4 if jnp.dtype(dtype).name == "int4" else 8 * jnp.dtype(dtype).itemsize
 
 
 def _saved_bytes_per_token_layer(cfg: model_config.ModelConfig, seq_len: int) -> int:
@@ -175,6 +183,9 @@ def formula(run: config_loader.RunConfig, mesh: jax.sharding.AbstractMesh,
       "gathered_weights": ((1 if cfg.lora else 2) * p_item
                            * (_layer_params(cfg) + cfg.vocab_size * cfg.embed_dim)
                            if sharded else 0),
+      # A quantized base (QLoRA): one layer's kernels dequantized to the compute dtype.
+      "dequantized_layer": (cfg.jnp_dtype.itemsize * _layer_params(cfg)
+                            if cfg.lora and cfg.lora.base_bits else 0),
   }
   total = sum(terms.values())
   return {"rows_per_device": rows, "terms_gib": {k: v / GIB for k, v in terms.items()},

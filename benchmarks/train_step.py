@@ -47,9 +47,10 @@ def _peak_memory() -> int:
 
 
 def _jax_step(name: str, dtype: str, batch: int, seq_len: int, steps: int,
-              lora_rank: int = 0) -> dict:
+              lora_rank: int = 0, base_bits: int = 0) -> dict:
   """Our train step on `name`'s model; with `lora_rank`, LoRA (alpha = 2 rank) on every
-  projection of a frozen base: only the adapters get gradients and AdamW moments."""
+  projection of a frozen base: only the adapters get gradients and AdamW moments; with
+  `base_bits` (8 or 4) that base's projections are quantized (QLoRA, `model.quant`)."""
   import functools
   import jax
   import numpy as np
@@ -57,7 +58,8 @@ def _jax_step(name: str, dtype: str, batch: int, seq_len: int, steps: int,
   from treasure_jax.train import mfu, optim, state as state_lib, step as step_lib
   cfg = _model_config(name, dtype)
   if lora_rank:
-    cfg = cfg.replace(lora=model_config.LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank))
+    cfg = cfg.replace(lora=model_config.LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank,
+                                                   base_bits=base_bits))
   mesh = sharding.make_mesh(sharding.MeshConfig(shape=(1, 1, 1)), jax.devices()[:1])
   plan = sharding.Plan.create(mesh, "fsdp")
   model = transformer.create(cfg, seed=0, mesh=mesh)
@@ -73,6 +75,8 @@ def _jax_step(name: str, dtype: str, batch: int, seq_len: int, steps: int,
   data = random_batch(cfg.vocab_size, batch, seq_len)
   trainable = sum(x.size for x in jax.tree.leaves(train_state.params))
   frozen = sum(x.size for x in jax.tree.leaves(train_state.frozen))
+  frozen_bytes = sum(x.size * (4 if np.dtype(x.dtype).name == "int4" else 8 * x.dtype.itemsize)
+                     for x in jax.tree.leaves(train_state.frozen)) / 8
   train_state, m, compile_s, times = time_steps(fn, train_state, data, steps)
   stats = jax.devices()[0].memory_stats() or {}
   flops = mfu.flops_per_token(cfg, seq_len)
@@ -82,6 +86,7 @@ def _jax_step(name: str, dtype: str, batch: int, seq_len: int, steps: int,
           "flops_per_token": flops.per_token, "flop_formula": flops.formula,
           "loss": float(m["loss"]), "device": str(jax.devices()[0].device_kind),
           "trainable_params": int(trainable), "frozen_params": int(frozen),
+          "frozen_bytes": int(frozen_bytes),  # int4 counted at 4 bits (packed on GPU/TPU).
           "dtype": cfg.dtype, "jax_matmul_peak": mfu.measure_matmul_peak(cfg.dtype)}
 
 

@@ -12,6 +12,8 @@ Command (README "Running at scale"; --config.data.variant=baseline gives the no-
             --workdir /shared/runs/qwen2_7b_lora   (LoRA; export writes merged + PEFT adapter)
   v5p_8_lora: launch/tpu_vm_pod.sh tj-v5p8 europe-west4-b v5p-8 configs/qwen2_7b.py:v5p_8_lora \
             gs://BUCKET/runs/qwen2_7b_lora
+  h100x1_qlora: treasure-jax train --config configs/qwen2_7b.py:h100x1_qlora \
+            --workdir /shared/runs/qwen2_7b_qlora   (QLoRA: int4 base; export dequantizes)
 Inputs: init_from, the base model (Qwen/Qwen2-7B, safetensors), and data.train_files /
   eval_files, annotated JSONL, rendered with the ChatML template. gs://BUCKET and /shared are
   placeholders: override them (--config.init_from=..., --config.data.train_files=...).
@@ -40,6 +42,13 @@ Hardware, expected memory per device and throughput (`python benchmarks/memory_p
           exact, logits 13.9); AOT (CPU proxy) 81.8 GiB. Throughput (formula, 40% MFU, counting 6N a
           token though the frozen base needs no weight gradients) ~14k tokens/s: 18.7 s a step, 41.5
           h for the 8,000 steps.
+  h100x1_qlora One H100 80GB. QLoRA: the LoRA adapters above over a base whose projections are
+          int4 codes with float32 scales per 64 weights (model.lora.base_bits=4), at 4,096-token
+          rows; 32 micro-batches of 1 row, 'full' remat, cuDNN attention. Memory (formula)
+          ~16.2 GiB (base 5.4 exact at 4.5 bits a projection weight, adapters + AdamW
+          0.45, logits 7.0, one layer dequantized); AOT (CPU proxy, int4 stored
+          unpacked there) 32.8 GiB. Throughput (formula, 30% MFU) ~6k tokens/s: 20.9 s a
+          step, 46.5 h for the 8,000 steps; 8,192-token rows need the H200 variant.
 Precision: float32 master weights (LoRA: a bfloat16 frozen base, float32 adapters) and Adam
   moments, bfloat16 matmuls and activations (norms, softmax and logits in float32).
 Produces: in the workdir, metrics.jsonl (loss, marker and response loss, marker-token accuracy,

@@ -81,3 +81,31 @@ def test_peft_loads_our_adapter_with_our_logits(tmp_path, scan):
   hf.save_dir(lora_io.merged(model), tmp_path / "merged")
   np.testing.assert_allclose(_torch_logits(load(tmp_path / "merged"), tokens), expected,
                              atol=1e-4)
+
+
+@pytest.mark.reference
+def test_peft_loads_a_qlora_adapter_onto_the_dequantized_base(tmp_path):
+  """QLoRA (int4 base): the adapter was trained against the dequantized base, which
+  `lora_io.base` writes; `peft` on it, and the merged checkpoint, give our logits."""
+  import peft  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  _random_llama(tmp_path / "original")
+  model = lora_model(tmp_path / "original",
+                     config.LoraConfig(rank=4, alpha=8.0, base_bits=4, base_block_size=16))
+  graphdef, state = nnx.split(model)
+  tokens = np.random.RandomState(0).randint(0, 96, (2, 11))
+  ours = np.asarray(jax.jit(lambda s, t: transformer.apply(graphdef, s, t)[0])(state, tokens))
+  hf.save_dir(lora_io.base(model), tmp_path / "base")
+  lora_io.save_peft(model, tmp_path / "adapter", base_model_name_or_path=str(tmp_path / "base"))
+  load = lambda path: transformers.AutoModelForCausalLM.from_pretrained(
+      path, attn_implementation="eager").eval()
+  original = _torch_logits(load(tmp_path / "original"), tokens)
+  adapted = peft.PeftModel.from_pretrained(load(tmp_path / "base"), str(tmp_path / "adapter"))
+  expected = _torch_logits(adapted.eval(), tokens)
+  np.testing.assert_allclose(ours, expected, atol=1e-4)
+  hf.save_dir(lora_io.merged(model), tmp_path / "merged")
+  np.testing.assert_allclose(_torch_logits(load(tmp_path / "merged"), tokens), expected,
+                             atol=1e-4)
+  # The dequantized base is not the original: the codes are 4-bit.
+  dequantized = _torch_logits(load(tmp_path / "base"), tokens)
+  assert 1e-3 < np.abs(dequantized - original).max() < 0.5 * np.abs(original).max()

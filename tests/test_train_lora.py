@@ -126,3 +126,54 @@ def test_decoding_a_lora_checkpoint_equals_decoding_the_merged_weights(lora_run,
   got = lora_decoder.run(requests(lora_decoder.taxonomy), max_new_tokens=16)
   want = merged_decoder.run(requests(merged_decoder.taxonomy), max_new_tokens=16)
   assert got[0].to_json() == want[0].to_json()
+
+
+QLORA = {"model.lora.base_bits": 4, "model.lora.base_block_size": 16}
+
+
+@pytest.fixture(scope="module")
+def qlora_run(cache_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("qlora"))
+  return workdir, loop.train(lora_config(cache_dir, **QLORA), workdir)
+
+
+def test_qlora_trains_adapters_over_an_int4_base_and_resumes_exactly(qlora_run, cache_dir,
+                                                                     tmp_path):
+  workdir, _ = qlora_run
+  records = loop_test.metrics(workdir)
+  assert records[4]["loss"] < records[1]["loss"]
+  manager = checkpoint.make_manager(workdir, checkpoint.CheckpointConfig())
+  items = manager.item_metadata(4)
+  params = sorted(dict(getattr(items["params"], "tree", items["params"])))
+  manager.close()
+  assert len(params) == 16 and all(".lora.lora_" in k for k in params)  # No codes, no scales.
+  # On restore the pointed-to base is quantized again: the same codes the run trained on.
+  loaded = checkpoint.load_for_inference(workdir)
+  base = dict(nnx.to_flat_state(lora.split(nnx.state(loaded.model, nnx.Param))[1]))
+  fresh = dict(nnx.to_flat_state(nnx.state(transformer.create(loaded.model_config, seed=0),
+                                           lora.BASE)))
+  assert set(base) == set(fresh) and base[("layers", 0, "attn", "q_proj", "kernel")].dtype.name \
+      == "int4"
+  for path, var in fresh.items():
+    np.testing.assert_array_equal(np.asarray(base[path][...], np.float32),
+                                  np.asarray(var[...], np.float32), err_msg=str(path))
+  resumed = str(tmp_path / "qlora_resumed")
+  loop_test._copy_with_steps(workdir, resumed, steps=(2,))
+  assert loop.train(lora_config(cache_dir, **QLORA), resumed)["step"] == 4
+  loop_test._assert_same_steps(resumed, workdir, (3, 4))
+
+
+def test_qlora_decoding_and_export_equal_the_dequantized_merge(qlora_run, tmp_path):
+  loaded = checkpoint.load_for_inference(qlora_run[0])
+  prompts = [[1, 2, 3, 4, 5], [7, 8, 9]]
+  adapted = generate.generate(loaded.model, prompts, max_new_tokens=12)
+  merged = generate.generate(lora_io.merged(loaded.model), prompts, max_new_tokens=12)
+  assert adapted.tokens == merged.tokens
+  out = str(tmp_path / "export")
+  export.export_checkpoint(qlora_run[0], out)
+  tokens = np.arange(20, dtype=np.int32).reshape(2, 10) * 97
+  ours = np.asarray(transformer.apply(*nnx.split(loaded.model), tokens)[0])
+  hf_model = hf.load_dir(out, dtype="float32")[1]  # Float weights: W~ + alpha / r * A B.
+  assert all(v.dtype.name == "float32" for _, v in nnx.to_flat_state(nnx.state(hf_model)))
+  np.testing.assert_allclose(np.asarray(transformer.apply(*nnx.split(hf_model), tokens)[0]),
+                             ours, atol=1e-4)

@@ -35,6 +35,11 @@ FINETUNE_TARGETS = {
                         attention_impl="cudnn", root="/shared", lora=True),
     "v5p_8_lora": dict(mesh=(1, 4, 1), grad_accum_steps=8, remat="minimal",
                        attention_impl="splash", root="gs://BUCKET", lora=True),
+    # QLoRA: the same adapters over an int4 base (model.lora.base_bits), on one 80 GB H100, at
+    # 4,096-token rows (8,192 does not fit the CPU proxy's XLA attention scores; see configs).
+    "h100x1_qlora": dict(mesh=(1, 1, 1), grad_accum_steps=32, remat="full",
+                         attention_impl="cudnn", root="/shared", lora=True, base_bits=4,
+                         seq_len=4096),
 }
 # The adapters of the `_lora` targets (model.lora; config.LoraConfig's fields).
 LORA = dict(rank=16, alpha=32.0, dropout=0.0,
@@ -58,7 +63,7 @@ def finetune_targets(**changes: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
   Returns:
     A fresh table: target name -> mesh, grad_accum_steps, remat, attention_impl, root (and
-    lora=True for the LoRA targets).
+    lora=True for the LoRA targets; base_bits and seq_len where a target sets them).
   """
   unknown = sorted(set(changes) - set(FINETUNE_TARGETS))
   if unknown:
@@ -111,11 +116,11 @@ def finetune_config(where: str, variant: str | None, *,
       scan_layers=True, attention_impl=v["attention_impl"]))
   if v.get("lora"):  # A frozen base in bfloat16; the adapters are float32 (`model.lora`).
     c.model.param_dtype = "bfloat16"
-    c.model.lora = ml_collections.ConfigDict(LORA)
+    c.model.lora = ml_collections.ConfigDict({**LORA, "base_bits": v.get("base_bits", 0)})
   c.data = ml_collections.ConfigDict(dict(
       task="", name="sft", train_files=(f"{v['root']}/data/train.jsonl",),
       eval_files=(f"{v['root']}/data/validation.jsonl",), taxonomy="", template=template,
-      variant="markers", p_dataset=0.5, p_sample=0.5, seq_len=seq_len, pack=True,
+      variant="markers", p_dataset=0.5, p_sample=0.5, seq_len=v.get("seq_len", seq_len), pack=True,
       on_bad_record="error", normalize=False, on_overflow="skip", shuffle_buffer=10_000,
       long_tail_boost=1.0, long_tail_threshold=0.05, seed=0))
   c.optim = ml_collections.ConfigDict(dict(

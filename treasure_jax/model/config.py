@@ -39,11 +39,17 @@ class LoraConfig:
       dropout on the adapter input is not implemented; a non-zero value fails at start-up.
     targets: regular expressions, each fully matching one or more of LORA_TARGETS, e.g.
       ("q_proj", "v_proj") or (".*_proj",).
+    base_bits: 0 keeps the frozen base in `param_dtype`; 8 or 4 stores every projection kernel
+      of the base (all of LORA_TARGETS, adapted or not) as int8 / int4 codes with blockwise
+      float32 scales (QLoRA; `quant.py`). The embedding, head and norms stay in param_dtype.
+    base_block_size: weights per scale along a kernel's last input axis (base_bits > 0).
   """
   rank: int = 16
   alpha: float = 32.0
   dropout: float = 0.0
   targets: tuple[str, ...] = LORA_TARGETS
+  base_bits: int = 0
+  base_block_size: int = 64
 
   def __post_init__(self):
     targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
@@ -55,6 +61,11 @@ class LoraConfig:
                        "step runs the model without an RNG)")
     if not targets:
       raise ValueError("model.lora.targets: name at least one projection")
+    if self.base_bits not in (0, 8, 4):
+      raise ValueError(f"model.lora.base_bits={self.base_bits!r}: use 0 (no quantization), 8 "
+                       "or 4")
+    if self.base_block_size < 1:
+      raise ValueError(f"model.lora.base_block_size={self.base_block_size} must be >= 1")
     for pattern in targets:
       try:
         matched = [name for name in LORA_TARGETS if re.fullmatch(pattern, name)]

@@ -20,6 +20,7 @@ from jax import ad_checkpoint
 from treasure_jax.model import attention
 from treasure_jax.model import config as config_lib
 from treasure_jax.model import lora
+from treasure_jax.model import quant
 from treasure_jax.model import sharding
 
 # Activations tagged for the "minimal" remat policy: the projection outputs are saved, the
@@ -59,14 +60,27 @@ class Linear(nnx.Module):
     key = rngs.params()
     kernel = stddev * jax.random.truncated_normal(key, -2.0, 2.0, in_shape + out_shape,
                                                   jnp.float32)
-    self.kernel = _param(kernel.astype(cfg.jnp_param_dtype), in_axes + out_axes)
+    scale = None
+    if cfg.lora is not None and cfg.lora.base_bits and name in config_lib.LORA_TARGETS:
+      block = quant.block_size(in_shape, cfg.lora.base_block_size, name)
+      kernel, scale = quant.quantize(kernel, len(out_shape), cfg.lora.base_bits, block)
+      scale = _param(scale, in_axes + out_axes)  # A frozen QLoRA base (see quant.py).
+    self.kernel = _param(kernel if scale is not None else kernel.astype(cfg.jnp_param_dtype),
+                         in_axes + out_axes)
+    self.kernel_scale = scale
     self.bias = (_param(jnp.zeros(out_shape, cfg.jnp_param_dtype), out_axes) if use_bias
                  else None)
     self.lora = lora.adapter(cfg, name, in_shape, out_shape, in_axes, out_axes, key)
     self.lora_scale = cfg.lora.scale if self.lora is not None else None
 
+  def weight(self) -> jax.Array:
+    """The kernel in the compute dtype (dequantized when the base is quantized)."""
+    if self.kernel_scale is None:
+      return self.kernel[...].astype(self.dtype)
+    return quant.dequantize(self.kernel[...], self.kernel_scale[...], self.dtype)
+
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), axes=self.n_in)
+    y = jnp.tensordot(x.astype(self.dtype), self.weight(), axes=self.n_in)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return self.adapted(x, y)
@@ -85,7 +99,7 @@ def project_together(x: jax.Array, linears: Sequence[Linear]) -> list[jax.Array]
   first = linears[0]
   in_shape = first.kernel.shape[:first.n_in]
   out_shapes = [lin.kernel.shape[lin.n_in:] for lin in linears]
-  kernels = [lin.kernel[...].astype(lin.dtype).reshape(in_shape + (math.prod(shape),))
+  kernels = [lin.weight().reshape(in_shape + (math.prod(shape),))
              for lin, shape in zip(linears, out_shapes)]
   y = jnp.tensordot(x.astype(first.dtype), jnp.concatenate(kernels, axis=-1), axes=first.n_in)
   sizes = np.cumsum([math.prod(shape) for shape in out_shapes])[:-1]

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from treasure_jax.model import config as config_lib
+from treasure_jax.model import quant
 
 # Adapters: the trainable parameters of a LoRA model. Base: every other parameter.
 ADAPTERS = nnx.LoRAParam
@@ -60,18 +61,29 @@ def split(params: nnx.State) -> tuple[nnx.State, nnx.State]:
   return nnx.split_state(params, ADAPTERS, ...)
 
 
-def merged_kernels(params: nnx.State, cfg: config_lib.ModelConfig) -> nnx.State:
-  """The base parameters with every adapted kernel replaced by W + alpha / r * A B, in the
-  kernel's dtype (the product is formed in float32). Scanned kernels carry a leading L axis."""
+def merged_kernels(params: nnx.State, cfg: config_lib.ModelConfig, *,
+                   adapters: bool = True) -> nnx.State:
+  """The base parameters with every adapted kernel replaced by W + alpha / r * A B (or by W
+  alone, `adapters=False`), in `cfg.param_dtype` (the product is formed in float32): the state
+  of `cfg.replace(lora=None)`. A quantized base (QLoRA) is dequantized. Scanned kernels carry a
+  leading L axis."""
   flat = dict(nnx.to_flat_state(params))
   out = []
   for path, var in nnx.to_flat_state(nnx.split_state(params, BASE, ...)[0]):
+    if path[-1] != "kernel":
+      if not path[-1].endswith(quant.SCALE_SUFFIX):
+        out.append((path, var))
+      continue
+    scale = flat.get(tuple(path[:-1]) + ("kernel" + quant.SCALE_SUFFIX,))
+    kernel = (var[...] if scale is None
+              else quant.dequantize(var[...], scale[...], jnp.float32))
     a_path = tuple(path[:-1]) + ("lora", "lora_a")
-    if path[-1] == "kernel" and a_path in flat:
+    if adapters and a_path in flat:
       a = flat[a_path][...].astype(jnp.float32)
       b = flat[tuple(path[:-1]) + ("lora", "lora_b")][...].astype(jnp.float32)
-      var = var.replace(_merge_one(var[...], a, b, cfg.lora.scale))
-    out.append((path, var))
+      kernel = _merge_one(kernel, a, b, cfg.lora.scale)
+    dtype = kernel.dtype if scale is None else cfg.jnp_param_dtype
+    out.append((path, var.replace(kernel.astype(dtype))))
   return nnx.from_flat_state(out)
 
 

@@ -83,5 +83,6 @@ def merged(model: transformer.Transformer) -> transformer.Transformer:
 
 
 def base(model: transformer.Transformer) -> transformer.Transformer:
-  """The frozen base alone (the adapters dropped)."""
-  return nnx.merge(_without_adapters(model), lora.split(nnx.state(model, nnx.Param))[1])
+  """The frozen base alone (the adapters dropped; a quantized base dequantized)."""
+  return nnx.merge(_without_adapters(model),
+                   lora.merged_kernels(nnx.state(model, nnx.Param), model.cfg, adapters=False))

@@ -27,6 +27,7 @@ from treasure_jax.model import config as model_config
 from treasure_jax.model import gguf
 from treasure_jax.model import hf
 from treasure_jax.model import lora
+from treasure_jax.model import quant
 from treasure_jax.model import sharding
 from treasure_jax.model import transformer
 from treasure_jax.train import state as state_lib
@@ -55,7 +56,21 @@ def load_params(cfg: model_config.ModelConfig, init_from: str, seed: int,
   if cfg.lora is None:
     return params
   plan = None if mesh is None else sharding.Plan.create(mesh, rules)
+  if cfg.lora.base_bits:
+    params = _quantized(params, cfg, plan)
   return nnx.merge_state(params, _fresh_adapters(cfg, seed, plan))
+
+
+def _quantized(params: nnx.State, cfg: model_config.ModelConfig,
+               plan: sharding.Plan | None) -> nnx.State:
+  """An imported float base with its projection kernels quantized as `cfg.lora` says (the
+  layout `transformer.create(cfg)` gives a random base), placed in their shardings."""
+  abstract = nnx.state(transformer.abstract_model(cfg, plan), lora.BASE)
+  shardings = (None if plan is None
+               else sharding.state_shardings(abstract, plan.mesh, plan.rules))
+  fn = jax.jit(lambda p: quant.quantize_state(p, abstract, cfg.lora.base_bits),
+               out_shardings=shardings)
+  return fn(params)
 
 
 def _fresh_adapters(cfg: model_config.ModelConfig, seed: int,
@@ -127,6 +142,15 @@ def load_pointed(base: dict[str, Any], cfg: model_config.ModelConfig, where: str
       raise ValueError(f"{where}: the LoRA base {init_from} has changed since training (sha256 "
                        f"{found[:12]}..., the checkpoint recorded {str(base.get('sha256'))[:12]}"
                        "...); the adapters belong to the other base")
-  params = load_params(dataclasses.replace(cfg, lora=None), init_from, int(base["seed"]), mesh,
-                       rules)
+  return load_base(cfg, init_from, int(base["seed"]), mesh, rules)
+
+
+def load_base(cfg: model_config.ModelConfig, init_from: str, seed: int,
+              mesh: jax.sharding.Mesh | None, rules: sharding.Rules | str = "fsdp"
+              ) -> nnx.State:
+  """The frozen base of LoRA config `cfg` (no adapters), quantized as `cfg.lora` says: on a
+  resume or a reload, the same codes the adapters were trained on."""
+  params = load_params(dataclasses.replace(cfg, lora=None), init_from, seed, mesh, rules)
+  if cfg.lora is not None and cfg.lora.base_bits:
+    params = _quantized(params, cfg, None if mesh is None else sharding.Plan.create(mesh, rules))
   return params

@@ -94,8 +94,8 @@ def restore_or_init(run: config_loader.RunConfig, model: Model, manager: Any,
   if restored is not None:
     train_state, data_state = restored
     if model.shardings.frozen is not None:  # LoRA: the checkpoint holds adapters, not the base.
-      base = base_model.load_params(dataclasses.replace(run.model, lora=None), run.init_from,
-                                    run.seed, model.plan.mesh, model.plan.rules)
+      base = base_model.load_base(run.model, run.init_from, run.seed, model.plan.mesh,
+                                  model.plan.rules)
       train_state = train_state.replace(frozen=base)
     data.train.set_state(_own_data_state(data_state))
     logging.info("restored step %d from %s", int(train_state.step), manager.directory)
