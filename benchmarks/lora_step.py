@@ -9,10 +9,15 @@ alpha = 2 rank) over a frozen base, which gets no gradients and no optimizer sta
 a spawned process of its own (`train_step._isolated`), so its peak memory (peak RSS on CPU, the
 allocator's peak on a GPU) is its own. One JSON object per run: step time, tokens/s, peak
 memory, trainable / frozen parameter counts; the last line compares each rank with full
-fine-tuning (`step_time_ratio`, `peak_memory_ratio`, both LoRA / full).
-Measured 2026-12-03 on the idle 2-core CPU (defaults: SmolLM2-135M float32, 4 x 256): full
-7.44 s a step, 5.96 GiB peak RSS; rank 8 5.79 s (0.78x), 3.96 GiB (0.66x), 1.8% of the
-parameters trained; rank 64 6.75 s (0.91x), 4.40 GiB (0.74x), 12.7%.
+fine-tuning (`step_time_ratio`, `peak_memory_ratio`, both LoRA / full). `--qlora_bits` adds
+QLoRA runs at the first rank over an int8 / int4 base (`model.lora.base_bits`).
+Measured 2026-12-06 on the idle 2-core CPU (defaults: SmolLM2-135M float32, 4 x 256): full
+6.79 s a step, 6.56 GiB peak RSS; rank 8 5.18 s (0.76x), 4.07 GiB (0.62x), 1.8% of the
+parameters trained; rank 64 5.70 s (0.84x), 4.41 GiB (0.67x), 12.7%; QLoRA rank 8 int8
+5.36 s (0.79x), 3.60 GiB (0.55x); int4 5.04 s (0.74x), 3.55 GiB (0.54x); frozen base 513 MiB
+(float32) -> 216 MiB (int8) / 165 MiB (int4, the tied embedding stays float32).
+Earlier (2026-12-03, LoRA only): full 7.44 s, 5.96 GiB; rank 8 0.78x / 0.66x; rank 64 0.91x /
+0.74x.
 """
 from __future__ import annotations
 

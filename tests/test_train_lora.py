@@ -177,3 +177,11 @@ def test_qlora_decoding_and_export_equal_the_dequantized_merge(qlora_run, tmp_pa
   assert all(v.dtype.name == "float32" for _, v in nnx.to_flat_state(nnx.state(hf_model)))
   np.testing.assert_allclose(np.asarray(transformer.apply(*nnx.split(hf_model), tokens)[0]),
                              ours, atol=1e-4)
+  # The PEFT adapter points at out/base, the dequantized weights it was trained against.
+  with open(os.path.join(out, export.ADAPTER_SUBDIR, "adapter_config.json")) as f:
+    assert json.load(f)["base_model_name_or_path"] == os.path.join(out, export.BASE_SUBDIR)
+  written = hf.load_dir(os.path.join(out, export.BASE_SUBDIR), dtype="float32")[1]
+  dequantized = lora_io.base(loaded.model)
+  np.testing.assert_allclose(
+      np.asarray(transformer.apply(*nnx.split(written), tokens)[0]),
+      np.asarray(transformer.apply(*nnx.split(dequantized), tokens)[0]), atol=1e-5)

@@ -17,8 +17,10 @@ directory (checkpoints/N) and writes:
 A LoRA run's `out` holds the merged weights (W + alpha / r * A B), plus
   adapter/  adapter_config.json, adapter_model.safetensors   the PEFT adapter (`model.lora_io`)
             and the tokenizer files; its base_model_name_or_path is the run's init_from when
-            that is an HF directory, else
-  base/     config.json, model.safetensors                   the frozen base it was trained on.
+            that is an HF directory (and the base was not quantized), else
+  base/     config.json, model.safetensors                   the frozen base it was trained on;
+            for QLoRA (model.lora.base_bits) the DEQUANTIZED base, the weights the adapters
+            were trained against, so that PEFT on base/ gives our logits exactly.
 
 Deliberately left to others: loading the checkpoint (`checkpoint.load_for_inference`), the
 HF weight layout (`model.hf`), GGUF tokenizers (`model.gguf_tokenizer`), flags (`cli`).
@@ -82,11 +84,12 @@ def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = None) ->
 
 
 def _write_adapter(loaded: Any, out: str, dtype: str, extra: dict[str, Any]) -> None:
-  """out/adapter (PEFT) and, unless the run started from an HF directory, out/base for it."""
+  """out/adapter (PEFT) and, unless it can point at the HF directory trained on, out/base."""
   from treasure_jax.model import hf  # pylint: disable=g-import-not-at-top
   from treasure_jax.model import lora_io  # pylint: disable=g-import-not-at-top
   base = (loaded.info.get("base") or {}).get("init_from", "")
-  if not base or base.endswith(".gguf"):  # PEFT needs an HF base: write the one trained on.
+  quantized = loaded.model_config.lora.base_bits > 0  # Trained on W~, not on init_from's W.
+  if not base or base.endswith(".gguf") or quantized:  # PEFT needs the HF base trained on.
     base = os.path.abspath(os.path.join(out, BASE_SUBDIR))
     hf.save_dir(lora_io.base(loaded.model), base, dtype=dtype, extra_config=extra)
   lora_io.save_peft(loaded.model, os.path.join(out, ADAPTER_SUBDIR),
