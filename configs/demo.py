@@ -18,7 +18,9 @@ Hardware: CPU, 2 cores, float32, no accelerator.
          settings), 24 likelihood examples x (1 + 3) settings, 3 CodeGeneration + 3 CodeFix
          problems x (1 + 2). Measured 2026-12-03 from a clean venv while a test run shared the
          cores: 20 min 58 s wall, 13.8 GiB peak RSS (training 234 + 214 s, evaluation 751 s,
-         data 52 s); CI allows 30 min.
+         data 52 s); CI allows 30 min. Rerun 2026-12-06 (other load not recorded): the same
+         figures to the last digit, 18 min 32 s (data 37 s, training 219 + 213 s, evaluation
+         645 s, of which markers/likelihood 236 s: its `inferred` setting decodes lists).
   full   train 2 x 64 steps of 4 packed rows of 512 (~256 rows, ~116k tokens a run); eval 32
          chat prompts, 96 likelihood examples, 10 + 10 code problems. Measured 2026-12-03 from
          a clean clone while tests shared the cores: 82 min 21 s wall, 12.3 GiB peak RSS

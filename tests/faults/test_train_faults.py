@@ -112,3 +112,67 @@ def test_a_full_disk_during_a_save_is_one_line_and_the_previous_checkpoint_survi
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert sorted(n for n in os.listdir(workdir / "checkpoints")) == ["3", "6"]
   assert sorted(_metrics(workdir)) == list(range(1, 7))
+
+
+def _mount_tmpfs(path, size_bytes) -> str:
+  """Mounts a tmpfs of `size_bytes` at `path`; returns why not ('' when mounted)."""
+  if os.geteuid() != 0:
+    return "mounting a tmpfs needs root"
+  os.makedirs(path, exist_ok=True)
+  done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
+                        capture_output=True, text=True, check=False)
+  return "" if done.returncode == 0 else f"mount -t tmpfs failed: {done.stderr.strip()}"
+
+
+def _du(path) -> int:
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+@pytest.mark.slow
+def test_a_really_full_disk_during_a_save_is_one_line_and_the_previous_checkpoint_survives(
+    tmp_path):
+  """ENOSPC for real: the run (6 steps, a checkpoint every 3) has its workdir on a tmpfs with
+  room for everything an uninterrupted run writes except half of its second checkpoint. The
+  save of step 6 fails with "No space left on device", the error names step 3 as intact, and
+  after space is freed the same command resumes from step 3 and logs the uninterrupted run's
+  metrics. Skipped where a tmpfs cannot be mounted (not root, or no CAP_SYS_ADMIN); the
+  RLIMIT_FSIZE test above covers the error path there."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  command = ("--config.num_train_steps=6", "--config.checkpoint.every_steps=3",
+             "--config.checkpoint.keep=2", "--config.checkpoint.async_save=false")
+  reference = tmp_path / "reference"
+  done = subprocess.run(_train_command(reference, *command), capture_output=True, text=True,
+                        env=_env(), timeout=600, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  checkpoint_bytes = _du(reference / "checkpoints" / "6")
+  assert checkpoint_bytes > 0
+  mount_point = tmp_path / "tmpfs"
+  why = _mount_tmpfs(mount_point, _du(reference) - checkpoint_bytes // 2)
+  if why:
+    pytest.skip(why)
+  workdir = mount_point / "run"
+  moved = tmp_path / "moved"
+  try:
+    full = subprocess.run(_train_command(workdir, *command), capture_output=True, text=True,
+                          env=_env(), timeout=600, check=False)
+    assert full.returncode == 2, full.stderr[-3000:]
+    prefix = "treasure-jax train: error:"
+    assert full.stderr.count(prefix) == 1, full.stderr[-3000:]
+    line = full.stderr[full.stderr.index(prefix):].split("\n", 1)[0]
+    assert "No space left on device" in line, line
+    assert "the last complete checkpoint, step 3, is intact" in line, line
+    names = os.listdir(workdir / "checkpoints")
+    assert "3" in names and "6" not in names, names
+    shutil.copytree(workdir, moved, ignore=shutil.ignore_patterns("*.orbax-checkpoint-tmp*"))
+  finally:
+    subprocess.run(["umount", str(mount_point)], check=False)
+  # Space freed (the workdir moved to the bigger disk): the same command resumes from step 3.
+  rerun = subprocess.run(_train_command(moved, *command), capture_output=True, text=True,
+                         env=_env(), timeout=600, check=False)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert "restored step 3 from" in rerun.stderr, rerun.stderr[-3000:]
+  got, want = _metrics(moved), _metrics(reference)
+  assert sorted(got) == sorted(want) == list(range(1, 7))
+  for step in want:
+    for key in KEYS:
+      assert got[step][key] == want[step][key], (step, key)

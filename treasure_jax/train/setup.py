@@ -98,7 +98,9 @@ def restore_or_init(run: config_loader.RunConfig, model: Model, manager: Any,
                                   model.plan.rules)
       train_state = train_state.replace(frozen=base)
     data.train.set_state(_own_data_state(data_state))
-    logging.info("restored step %d from %s", int(train_state.step), manager.directory)
+    # A warning, so it shows at the default level: reusing a workdir by mistake resumes it.
+    logging.warning("resuming: restored step %d from %s (a new --workdir starts over)",
+                    int(train_state.step), manager.directory)
     return train_state
   return state_lib.create(initial_params(run, model), model.optimizer, run.seed,
                           model.shardings)
