@@ -54,6 +54,18 @@ chat prompts whose response is longer than the limit, the reference length):
      steps the marked model writes ~70 words whatever the limit, so the length lever is NOT
      learned at the quick budget; the marker-list loss fell 2.24 -> 0.28 (the lists are
      learned first). Whether 64 steps teach it is what the full run measures.
+  Q1-Q4 (2026-12-06): can anything inside the quick budget teach it? Markers run only, the
+     quick data, chat n=12 with length_tokens set; "runaway" = cut at max_new_tokens, mostly
+     repeating the marker list or the prompt (the baseline asked in words: 41.7%, 3 runaway).
+     Q1 lists of length_tokens, task, domain, lang only: 119 examples seen (108), list loss
+        2.58 -> 0.18; violations 75.0% [50.0, 100.0], 11 of 12 runaway.
+     Q2 LoRA r16 (alpha 32, every projection), lr 2e-3: training 161 s (213 s full
+        fine-tuning); 58.3% [33.3, 83.3], 10 runaway.
+     Q3 as Q2 for 16 steps (169 examples): 66.7% [41.7, 91.7], 7 runaway.
+     Q4 full fine-tuning, 16 steps: 66.7% [41.7, 91.7], 9 runaway.
+     None comes near the baseline: with <= 16 steps (~170 examples, what 15 minutes on 2
+     cores hold for two runs) the marked model has learnt its list but not to stop after it;
+     the length lever needs the full budget. Not adopted; the quick budget stays as it was.
   full (this file, 64 x 4 x 512, lr 5e-4, n=32, one seed): baseline saw 1,206 examples,
      markers 674 (120k / 117k tokens); marker-list loss 0.86 -> 0.07, no more repeated lists.
      Inference far above the majority class: domain 90.5% n=21 (+38.1 pts [+19.0, +57.1]),
@@ -127,8 +139,11 @@ def _eval(quick: bool, ablation: bool) -> ml_collections.ConfigDict:
   c.nll_batch_size = 8
   c.sharded = False
   c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1), rules="fsdp"))
+  # One batch holds the quick chat set (12) or half the full one (32): decoding this model on
+  # 2 cores reads the weights every step, so 12 rows cost little more than 4 (measured: the
+  # quick markers chat cell 98 s at 4 rows, 61 s at 12, the same outputs).
   c.decode = ml_collections.ConfigDict(dict(
-      batch_size=4 if quick else 8, max_new_tokens=160, sampler="greedy", temperature=1.0,
+      batch_size=12 if quick else 16, max_new_tokens=160, sampler="greedy", temperature=1.0,
       top_k=0, top_p=1.0, seed=0, force_prefix=False))
   # Paths are under the demo's data dir; eval/validation.jsonl holds the single-turn validation
   # examples in an order that covers the tasks and languages evenly, eval/length.jsonl the same

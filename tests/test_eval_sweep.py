@@ -268,3 +268,24 @@ def test_cli_names_a_bad_override(demo, tmp_path, capsys):  # pylint: disable=un
                    "--config.decode.max_new_tokenz=8"])
   assert code == 2
   assert "max_new_tokenz" in capsys.readouterr().err
+
+
+def test_a_short_batch_decodes_padded_rows_with_the_same_results(trained, monkeypatch):
+  from treasure_jax.decode import generate  # pylint: disable=g-import-not-at-top
+  from treasure_jax.decode import modes  # pylint: disable=g-import-not-at-top
+  from treasure_jax.eval import decoding  # pylint: disable=g-import-not-at-top
+  from treasure_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  assert [decoding.padded_rows(n, 12) for n in (1, 2, 3, 5, 8, 9, 12)] == [1, 2, 4, 8, 8, 12, 12]
+  loaded = checkpoint.load_for_inference(os.path.join(trained, checkpoint.SUBDIR))
+  requests = [([{"role": "user", "content": text}], modes.make("inferred", None, loaded.taxonomy))
+              for text in ("hello there", "what is the time?", "tell me a joke")]
+  rows, real = [], generate.generate
+  monkeypatch.setattr(generate, "generate", lambda model, ids, **kw: (
+      rows.append(len(ids)), real(model, ids, **kw))[1])
+  out = {}
+  for size in (12, 3, 1):
+    cfg = decoding.DecodeConfig(batch_size=size, max_new_tokens=12, prompt_bucket=64)
+    out[size] = [(r.completion, r.num_tokens, r.stop_reason)
+                 for r in decoding.Decoder(loaded, cfg).generate(requests, 12)]
+  assert rows == [4, 3, 1, 1, 1]  # 3 requests: 4 rows, not 12; then one batch of 3; then 1 x 3.
+  assert out[12] == out[3] == out[1]

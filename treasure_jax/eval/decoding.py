@@ -2,8 +2,11 @@
 
 `Decoder(loaded, cfg)` opens the checkpoint's tokenizer and chat template (what training used,
 from the checkpoint's meta), renders each conversation with the generation prompt plus the
-mode's forced prefix, and runs `generate.generate` in batches of `cfg.batch_size` (a short last
-batch is padded with copies, so every batch of a prompt-length bucket reuses one compiled loop).
+mode's forced prefix, and runs `generate.generate` in batches of `cfg.batch_size`. A short batch
+is padded with copies to the next power of two (at most `batch_size`; `padded_rows`), so a
+prompt-length bucket compiles the loop for a few row counts only, and 3 code problems at
+batch_size 12 decode 4 rows, not 12 (decoding a small model on a CPU reads the weights every
+step, so the padded rows are not free).
 Rows stop at the end-of-turn token; constrained rows start in the marker-list automaton.
 A prompt too long for the model's context gets an empty response and a problem, not an error;
 `max_new_tokens` shrinks to what the context leaves. The loop itself is `decode.generate`'s,
@@ -51,6 +54,11 @@ class DecodeConfig:
   def make_sampler(self) -> sampling.Sampler:
     return sampling.make(self.sampler, temperature=self.temperature, top_k=self.top_k,
                          top_p=self.top_p)
+
+
+def padded_rows(n: int, batch_size: int) -> int:
+  """Rows of a batch of `n` requests: the next power of two, at most `batch_size`."""
+  return min(batch_size, 1 << max(0, n - 1).bit_length())
 
 
 class Decoder:
@@ -124,7 +132,7 @@ class Decoder:
     sample does not depend on the batching."""
     tax, context = self.loaded.taxonomy, self.loaded.model_config.max_seq_len
     n = len(requests)
-    pad = self.cfg.batch_size - n
+    pad = padded_rows(n, self.cfg.batch_size) - n
     ids = [p for p, _ in prompts] + [prompts[-1][0]] * pad
     bucket = self.cfg.prompt_bucket * math.ceil(max(map(len, ids)) / self.cfg.prompt_bucket)
     budget = min(max_new_tokens, context - bucket)
