@@ -94,6 +94,28 @@ chat prompts whose response is longer than the limit, the reference length):
      higher everywhere (all +0.068 [+0.037, +0.104], lang tail +0.362 [+0.163, +0.604],
      domain tail +0.051 [-0.046, +0.151]); CodeFix pass@1 0.3 baseline vs 0.1. A pooled
      two-seed interval needs both seeds in one workdir (`seeds=(0, 1)`, ~130 min here).
+  P1-P3 (2026-12-07): the seed-1 full checkpoints again, chat cells only, no retraining.
+     P1 all 327 prose prompts of eval/length.jsonl (the 32 reported + 295): violations with
+        length_tokens 39.4% [33.9, 44.6] vs baseline asked in words 36.4% [31.2, 41.3],
+        paired +3.1 pts [-2.4, +8.6] n=327 (the 263 after line 64 alone: +3.4 [-3.0, +9.9];
+        lines 33-64: +15.6 [-3.1, +34.4]). Seed 1's -12.5 on the 32 reported prompts was the
+        luck of the slice: at this budget the marker does not lower violations. Cut at
+        max_new_tokens: 72 marked, 81 baseline.
+     P2 does the value steer the answer? The first 64 prompts with every limit set to 10, 40
+        and 160 words: the marked model copies the value into its list 64/64 times at each,
+        yet answers median 19.5 / 19.5 / 19.0 words, 40 of 64 answers identical across the
+        three values (violations 57.8 / 20.3 / 0.0%). The baseline asked in words: median 8 /
+        8 / 7 words, 29 identical (45.3 / 25.0 / 15.6%). Neither model conditions length on
+        the request: in the demo data length follows the prompt (chatterbot replies are
+        short, docstrings long), so the list's value tells the model nothing new.
+     P3 presence/frequency penalties (`decode` keys, per task `tasks.chat.decode`), chosen on
+        lines 33-64 only: frequency 0.5 ends every loop (cut at max tokens 8 / 6 -> 0 / 0)
+        and lowers violations on both sides (baseline in words 34.4 -> 18.8%, length_tokens
+        50.0 -> 37.5%), the gap unchanged (+15.6 -> +18.8 pts [+0.0, +37.5]); the quick
+        checkpoints: 31.2 vs 84.4% -> 31.2 vs 87.5%. Not adopted: it changes nothing about
+        the marker, and the paper decodes greedily.
+     Most likely to teach the lever (not tried): examples where one kind of prompt comes with
+     several lengths, e.g. responses cut at sentence ends with length_tokens recounted.
 """
 import ml_collections
 
@@ -161,7 +183,8 @@ def _eval(quick: bool, ablation: bool) -> ml_collections.ConfigDict:
   # quick markers chat cell 98 s at 4 rows, 61 s at 12, the same outputs).
   c.decode = ml_collections.ConfigDict(dict(
       batch_size=12 if quick else 16, max_new_tokens=160, sampler="greedy", temperature=1.0,
-      top_k=0, top_p=1.0, seed=0, force_prefix=False))
+      top_k=0, top_p=1.0, seed=0, force_prefix=False, presence_penalty=0.0,
+      frequency_penalty=0.0))
   # Paths are under the demo's data dir; eval/validation.jsonl holds the single-turn validation
   # examples in an order that covers the tasks and languages evenly, eval/length.jsonl the same
   # without the code tasks (`treasure_jax.demo.data`); a task takes its first N.

@@ -1,5 +1,6 @@
 """KV-cache generation: equals full forwards (every family), compiles once, samples
-reproducibly, stops on EOS, and gives the same tokens sharded on the 8-device mesh."""
+reproducibly, applies presence/frequency penalties as OpenAI defines them, stops on EOS, and
+gives the same tokens sharded on the 8-device mesh."""
 from __future__ import annotations
 
 import jax
@@ -10,6 +11,7 @@ from flax import nnx
 
 from treasure_jax.decode import generate
 from treasure_jax.decode import sampling
+from treasure_jax.decode import stops
 from treasure_jax.model import config
 from treasure_jax.model import sharding
 from treasure_jax.model import transformer
@@ -30,8 +32,10 @@ def tiny(family: str, **kw) -> config.ModelConfig:
   return config.preset("tiny", dtype="float32", **FAMILIES[family], **kw)
 
 
-def full_forward_greedy(model, prompt, n):
-  """Reference: argmax of a full (cache-free) forward over the whole sequence, n times."""
+def full_forward_greedy(model, prompt, n, penalties=sampling.Penalties(), answer_from=0):
+  """Reference: argmax of a full (cache-free) forward over the whole sequence, n times, less
+  the penalties on the tokens generated so far from index `answer_from` on, applied from
+  there on (numpy, not the library's `apply`)."""
   graphdef, state = nnx.split(model)
   length = 32
   fwd = jax.jit(lambda s, t, seg: transformer.apply(graphdef, s, t, segment_ids_BT=seg)[0])
@@ -40,7 +44,11 @@ def full_forward_greedy(model, prompt, n):
     tokens = np.zeros((1, length), np.int32)
     tokens[0, :len(seq)] = seq
     seg = (np.arange(length) < len(seq)).astype(np.int32)[None]
-    seq.append(int(jnp.argmax(fwd(state, tokens, seg)[0, len(seq) - 1])))
+    logits = np.asarray(fwd(state, tokens, seg)[0, len(seq) - 1], np.float64)
+    counts = np.bincount(seq[len(prompt) + answer_from:], minlength=logits.shape[0])
+    if len(seq) - len(prompt) >= answer_from:
+      logits -= penalties.frequency * counts + penalties.presence * (counts > 0)
+    seq.append(int(np.argmax(logits)))
   return seq[len(prompt):]
 
 
@@ -57,6 +65,51 @@ def test_greedy_equals_argmax_of_full_forwards(family, scan):
   assert all(np.all(lp <= 0) and lp.shape == (8,) for lp in out.logprobs)
 
 
+def test_penalties_equal_the_reference_and_break_repetition():
+  # A random tiny model repeats itself under greedy decoding; the penalties are what stop it.
+  model = transformer.create(tiny("llama"), seed=1)
+  plain = generate.generate(model, PROMPTS, max_new_tokens=10)
+  pen = sampling.Penalties(presence=0.5, frequency=1.5)
+  out = generate.generate(model, PROMPTS, max_new_tokens=10, penalties=pen)
+  for prompt, tokens in zip(PROMPTS, out.tokens):
+    assert tokens == full_forward_greedy(model, prompt, 10, pen)
+  assert out.tokens != plain.tokens
+  repeats = lambda gen: sum(len(t) - len(set(t)) for t in gen.tokens)  # noqa: E731
+  assert repeats(out) < repeats(plain), (plain.tokens, out.tokens)
+  # Log-probabilities stay the model's own (before penalties): equal where the tokens agree.
+  np.testing.assert_allclose(out.logprobs[0][:1], plain.logprobs[0][:1], rtol=1e-6)
+  # Penalties are per row: one batch mixing them gives each row what it gets alone.
+  mixed = generate.generate(model, PROMPTS, max_new_tokens=10,
+                            penalties=[pen, sampling.Penalties(), pen])
+  assert mixed.tokens == [out.tokens[0], plain.tokens[1], out.tokens[2]]
+  with pytest.raises(ValueError, match=r"Penalties.frequency=2.5 must be in \[-2, 2\]"):
+    sampling.Penalties(frequency=2.5)
+
+
+def test_penalties_start_after_the_list_close():
+  # A row with list_rows=True is neither penalised nor counted up to and including the token
+  # that completes the list's closing string (here: one token's bytes stand for it).
+  model = transformer.create(tiny("llama"), seed=1)
+  vocab = model.cfg.vocab_size
+  plain = generate.generate(model, PROMPTS, max_new_tokens=10)
+  close_token = plain.tokens[0][3]
+  k = plain.tokens[0].index(close_token)
+  token_bytes = [b"a"] * vocab
+  token_bytes[close_token] = b"</MARKER_LIST>"
+  close = stops.build(["</MARKER_LIST>"], token_bytes, vocab)
+  pen = sampling.Penalties(presence=0.5, frequency=1.5)
+  out = generate.generate(model, PROMPTS, max_new_tokens=10, penalties=pen,
+                          list_rows=[True, False, False], list_close=close)
+  assert out.tokens[0][:k + 1] == plain.tokens[0][:k + 1]
+  assert out.tokens[0] == full_forward_greedy(model, PROMPTS[0], 10, pen, answer_from=k + 1)
+  for prompt, tokens in zip(PROMPTS[1:], out.tokens[1:]):
+    assert tokens == full_forward_greedy(model, prompt, 10, pen)
+  with pytest.raises(ValueError, match="list_rows needs list_close"):
+    generate.generate(model, PROMPTS, max_new_tokens=2, penalties=pen, list_rows=[True] * 3)
+  with pytest.raises(ValueError, match="2 penalties for 3 prompts"):
+    generate.generate(model, PROMPTS, max_new_tokens=2, penalties=[pen, pen])
+
+
 def test_decoding_compiles_once_per_shape_bucket():
   compiles = []
   listener = lambda event, *a, **k: compiles.append(event) if "backend_compile" in event else None
@@ -69,6 +122,13 @@ def test_decoding_compiles_once_per_shape_bucket():
     # the same dataclass: nothing new to compile, however many tokens are generated.
     generate.generate(model, [[1, 2, 3], [4] * 20, [7, 7]], max_new_tokens=24, seed=5)
     assert len(compiles) == first
+    # Penalties compile one more loop; other penalty values reuse it.
+    generate.generate(model, PROMPTS, max_new_tokens=24, penalties=sampling.Penalties(0.5, 1.0))
+    penalized = len(compiles)
+    generate.generate(model, PROMPTS, max_new_tokens=24,
+                      penalties=[sampling.Penalties(1.5, 0.2), sampling.Penalties(),
+                                 sampling.Penalties(0.0, 2.0)])
+    assert len(compiles) == penalized
     assert first <= 3, compiles  # The loop itself is one executable, not one per token.
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
@@ -125,3 +185,11 @@ def test_sharded_generation_equals_unsharded():
   assert out.tokens == ref.tokens
   np.testing.assert_allclose(np.concatenate(out.logprobs), np.concatenate(ref.logprobs),
                              rtol=1e-4, atol=1e-4)  # Sharded reductions reorder float sums.
+  # Per-row penalties and the list gate, batch-sharded like the prompts (greedy: exact ties
+  # are unlikely, so the sharded float sums give the same tokens).
+  pen = dict(max_new_tokens=8, penalties=[sampling.Penalties(0.5, 1.5), sampling.Penalties(),
+                                          sampling.Penalties(0.0, 2.0)],
+             list_rows=[False, True, True],
+             list_close=stops.build(["b"], [b"a"] * 255 + [b"b"], cfg.vocab_size))
+  ref_pen = generate.generate(transformer.create(cfg, seed=2), PROMPTS, **pen)
+  assert generate.generate(model, PROMPTS, **pen).tokens == ref_pen.tokens

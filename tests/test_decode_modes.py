@@ -68,6 +68,25 @@ def test_constrained_lists_are_always_valid(which, request):
     assert list(r.markers.items())[:2] == [("length_tokens", 120), ("domain", "Code")]
 
 
+def test_penalties_leave_constrained_lists_alone_and_act_on_the_answer():
+  # Inside a constrained list the taxonomy decides: the same list with or without penalties;
+  # the free text after it is penalised (and differs).
+  decoder = decoder_for(char_tokenizer())
+  reqs = [runner.Request(p, modes.make("constrained", None, TAX)) for p in PROMPTS]
+  plain = decoder.run(reqs, max_new_tokens=160)
+  pen = decoder.run(reqs, max_new_tokens=160,
+                    penalties=runner.sampling.Penalties(presence=1.0, frequency=2.0))
+  closed = [(a, b) for a, b in zip(plain, pen) if "</MARKER_LIST>" in a.completion]
+  assert closed, [r.completion for r in plain]
+  for a, b in closed:
+    assert b.completion.startswith(a.completion.split("</MARKER_LIST>")[0] + "</MARKER_LIST>")
+    assert a.markers == b.markers
+  assert any(a.response != b.response for a, b in closed)
+  with pytest.raises(ValueError, match=r"--presence-penalty / --frequency-penalty: "
+                                       r"Penalties.frequency=3.0 must be in \[-2, 2\]"):
+    runner.generate_cli("/no/checkpoint/needed", prompts=["x"], frequency_penalty=3.0)
+
+
 def test_fixed_markers_are_validated_and_go_to_the_prompt():
   with pytest.raises(taxonomy.MarkerError, match="allowed: concise, medium, long"):
     modes.make("fixed", {"length_bucket": "tiny"}, TAX)

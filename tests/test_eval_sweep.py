@@ -48,6 +48,11 @@ def test_resolve_names_bad_keys_and_settings():
       (_config(baselines=("b",)), "baselines: 'b' is not a checkpoint"),
       (_config(checkpoints=("a=/x", "a=/y")), "unique name"),
       (_config(decode={"sampler": "beam"}), "beam"),
+      (_config(decode={"frequency_penalty": 3.0}), r"frequency=3.0 must be in \[-2, 2\]"),
+      (_config(tasks={"x": dict(kind="length", data="v", decode={"top": 1})}),
+       "tasks.x.decode: unknown decode key 'top'"),
+      (_config(tasks={"x": dict(kind="length", data="v", decode={"presence_penalty": -5})}),
+       "presence=-5"),
       (_config(judge={"url": "http://127.0.0.1:1/v1", "model": "m", "temp": 0}), "judge"),
   ]
   for raw, message in cases:
@@ -261,6 +266,21 @@ def test_a_changed_cell_spec_is_not_finished(demo, tmp_path):
   other = sweep.resolve(config_loader.apply_overrides(
       _eval_config(ckpt), ["--config.decode.max_new_tokens=8"]))[0]
   assert sweep._finished(cell, other) is None
+  # A task's decode override is that task's: it changes its cells' spec and decode config.
+  raw = _eval_config(ckpt)
+  task = next(iter(raw.tasks))
+  raw.tasks[task].decode = {"frequency_penalty": 0.5}
+  cfg2, tasks2, _ = sweep.resolve(raw)
+  decode = sweep.task_decode(cfg2.decode, tasks2[task])
+  assert decode.frequency_penalty == 0.5 and decode.max_new_tokens == cfg.decode.max_new_tokens
+  assert sweep.task_decode(cfg.decode, tasks[task]) is cfg.decode
+  changed = [c for c in sweep._plan(cfg2, tasks2, ckpts, str(tmp_path)) if c.name == cell.name]
+  assert changed[0].spec(cfg2) != cell.spec(cfg)
+  # The spec hashes what runs: an override equal to the decode section changes nothing.
+  raw.tasks[task].decode = {"frequency_penalty": 0.0, "batch_size": cfg.decode.batch_size}
+  cfg3, tasks3, _ = sweep.resolve(raw)
+  same = [c for c in sweep._plan(cfg3, tasks3, ckpts, str(tmp_path)) if c.name == cell.name]
+  assert same[0].spec(cfg3) == cell.spec(cfg)
 
 
 def test_cli_names_a_bad_override(demo, tmp_path, capsys):  # pylint: disable=unused-argument
@@ -289,3 +309,20 @@ def test_a_short_batch_decodes_padded_rows_with_the_same_results(trained, monkey
                  for r in decoding.Decoder(loaded, cfg).generate(requests, 12)]
   assert rows == [4, 3, 1, 1, 1]  # 3 requests: 4 rows, not 12; then one batch of 3; then 1 x 3.
   assert out[12] == out[3] == out[1]
+  # Penalties (a task's decode override) reach the loop, padded rows or not. They act after a
+  # marker list closes, which this tiny model's inferred lists never do: unchanged there.
+  inferred = requests
+  requests = [(turns, modes.make("none", None, loaded.taxonomy)) for turns, _ in inferred]
+  plain = decoding.Decoder(loaded, plain_cfg := decoding.DecodeConfig(
+      batch_size=3, max_new_tokens=12, prompt_bucket=64)).generate(requests, 12)
+  pen = {}
+  for size in (3, 1):
+    cfg = decoding.DecodeConfig(batch_size=size, max_new_tokens=12, prompt_bucket=64,
+                                presence_penalty=2.0, frequency_penalty=2.0)
+    pen[size] = [(r.completion, r.num_tokens, r.stop_reason)
+                 for r in decoding.Decoder(loaded, cfg).generate(requests, 12)]
+  via_call = decoding.Decoder(loaded, plain_cfg).generate(requests, 12, cfg)
+  assert pen[3] == pen[1] == [(r.completion, r.num_tokens, r.stop_reason) for r in via_call]
+  assert [r.completion for r in plain] != [c for c, _, _ in pen[3]]
+  assert [r.completion for r in decoding.Decoder(loaded, cfg).generate(inferred, 12)] == [
+      c for c, _, _ in out[3]]

@@ -23,6 +23,7 @@ import pytest
 import test_decode_modes as decode_modes_test
 from treasure_jax.annotate import llm
 from treasure_jax.data import chat_templates
+from treasure_jax.decode import modes
 from treasure_jax.decode import runner
 from treasure_jax.decode import sampling
 from treasure_jax.markers import taxonomy
@@ -146,6 +147,21 @@ def test_sampling_fields_pick_the_sampler(decoder):
   assert sampler(top_p=0.9, temperature=0.5) == sampling.TopP(0.9, 0.5)
 
 
+def test_penalties_are_honoured_like_the_runner(served, decoder):
+  # The server's penalised greedy answer is the library's (`Decoder.run` with Penalties), and
+  # differs from the plain one: the fields are used, not dropped.
+  # marker_mode none: this random model never closes a marker list, after which penalties act.
+  c = client(served.url)
+  kwargs = dict(model="tiny", prompt="abc", max_tokens=12, temperature=0,
+                extra_body={"marker_mode": "none"})
+  plain = c.completions.create(**kwargs).choices[0].text
+  got = c.completions.create(**kwargs, frequency_penalty=1.5, presence_penalty=0.5)
+  pen = sampling.Penalties(presence=0.5, frequency=1.5)
+  want = decoder.run([runner.Request("abc", modes.make("none", None, decoder.taxonomy))],
+                     max_new_tokens=12, raw=True, penalties=pen)[0]
+  assert got.choices[0].text == want.completion != plain
+
+
 def test_models_and_health(served):
   c = client(served.url)
   assert [m.id for m in c.models.list()] == ["tiny"]
@@ -173,6 +189,7 @@ def post(url: str, data: bytes) -> tuple[int, dict]:
     ({"messages": [{"role": "user", "content": "x" * 600}]}, "messages", "context is 512"),
     ({"n": 0}, "n", "[1, 16]"),
     ({"temperature": "hot"}, "temperature", "must be a number"),
+    ({"frequency_penalty": 3}, "frequency_penalty", "must be a number in [-2.0, 2.0]"),
     ({"tools": [{"type": "function"}]}, "tools", "not supported"),
     ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0]", "needs a 'role'"),
 ])

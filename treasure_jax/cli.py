@@ -190,6 +190,7 @@ def _generate(args: argparse.Namespace) -> None:
       markers=args.marker, mode=args.mode, force_prefix=args.force_prefix,
       max_new_tokens=args.max_new_tokens, raw=args.raw, sampler=args.sampler,
       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+      presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
       stop=args.stop, batch_size=args.batch_size, logprobs=args.logprobs,
       chat_template=args.chat_template, taxonomy_path=args.taxonomy, mesh_shape=mesh,
       dtype=args.dtype)
@@ -217,6 +218,10 @@ def _add_generate(sub) -> None:
   p.add_argument("--top-k", type=int, default=0)
   p.add_argument("--top-p", type=float, default=1.0)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--presence-penalty", type=float, default=0.0,
+                 help="subtracted from a generated token's logit once it has occurred [-2, 2]")
+  p.add_argument("--frequency-penalty", type=float, default=0.0,
+                 help="subtracted per earlier occurrence of the token [-2, 2]")
   p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
   p.add_argument("--batch-size", type=int, default=16)
   p.add_argument("--logprobs", action="store_true", help="per-token log-probabilities")

@@ -48,7 +48,8 @@ LORA = dict(rank=16, alpha=32.0, dropout=0.0,
 
 # The decode section of the 7-9B sweeps; smaller sweeps change some of it.
 DECODE = dict(batch_size=32, max_new_tokens=1024, sampler="greedy", temperature=1.0, top_k=0,
-              top_p=1.0, seed=0, force_prefix=False)
+              top_p=1.0, seed=0, force_prefix=False, presence_penalty=0.0,
+              frequency_penalty=0.0)
 
 # Human-eval problems in the code sets of the small sweeps (the first ones only).
 DEMO_HUMANEVAL_PROBLEMS = 4

@@ -22,6 +22,7 @@ from treasure_jax.decode import sampling
 from treasure_jax.decode import stops
 from treasure_jax.markers import stats
 from treasure_jax.markers import taxonomy as taxonomy_lib
+from treasure_jax.markers import template
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Decoder:
   chat_template: Any  # data.chat_templates.ChatTemplate
   _automaton: constraints.TokenAutomaton | None = None
   _token_bytes: list[bytes | None] | None = None
+  _list_close: stops.StopTables | None = None
 
   @property
   def token_bytes(self) -> list[bytes | None]:
@@ -53,6 +55,13 @@ class Decoder:
     if self._automaton is None:
       self._automaton = constraints.build(self.taxonomy, self.token_bytes)
     return self._automaton
+
+  def list_close(self) -> stops.StopTables:
+    """Where a completion's marker list ends: penalties act on the answer after it."""
+    if self._list_close is None:
+      self._list_close = stops.build([template.LIST_CLOSE], self.token_bytes,
+                                     self.model.cfg.vocab_size)
+    return self._list_close
 
   def eos_ids(self) -> list[int]:
     ids = {self.vocabulary.eos_id} if self.vocabulary.eos_id is not None else set()
@@ -73,7 +82,8 @@ class Decoder:
   def run(self, requests: Sequence[Request], *, max_new_tokens: int = 256,
           sampler: sampling.Sampler = sampling.Greedy(), seed: int = 0, raw: bool = False,
           stop_strings: Sequence[str] = (), batch_size: int = 16,
-          logprobs: bool = False) -> list[modes.Result]:
+          logprobs: bool = False,
+          penalties: sampling.Penalties = sampling.Penalties()) -> list[modes.Result]:
     """Decodes every request; results in request order."""
     vocab_size = self.model.cfg.vocab_size
     stop_tables = stops.build(stop_strings, self.token_bytes, vocab_size)
@@ -92,7 +102,8 @@ class Decoder:
           self.model, [ids for ids, _ in inputs], max_new_tokens=max_new_tokens,
           sampler=sampler, eos_ids=self.eos_ids(), seed=seed, constraint=tables,
           start_states=starts, stop_tables=stop_tables,
-          row_seeds=list(range(lo, lo + len(batch))))
+          row_seeds=list(range(lo, lo + len(batch))), penalties=penalties,
+          list_rows=[r.mode.parses for r in batch], list_close=self.list_close())
       for i, r in enumerate(batch):
         results.append(self._finish(r, inputs[i], gen, i, stop_strings, logprobs))
     return results
@@ -195,6 +206,7 @@ def generate_cli(checkpoint: str, *, prompts: Sequence[str] = (), input_path: st
                  mode: str | None = None, force_prefix: bool = False,
                  max_new_tokens: int = 256, raw: bool = False, sampler: str = "greedy",
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                 presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                  stop: Sequence[str] = (), batch_size: int = 16, logprobs: bool = False,
                  chat_template: str | None = None, taxonomy_path: str | None = None,
                  mesh_shape: Sequence[int] | None = None,
@@ -204,6 +216,10 @@ def generate_cli(checkpoint: str, *, prompts: Sequence[str] = (), input_path: st
   if not prompts and not input_path:
     raise ValueError("generate: give --prompt or --input")
   chosen = sampling.make(sampler, temperature=temperature, top_k=top_k, top_p=top_p)
+  try:
+    penalties = sampling.Penalties(presence_penalty, frequency_penalty)
+  except ValueError as e:
+    raise ValueError(f"--presence-penalty / --frequency-penalty: {e}") from None
   decoder = load(checkpoint, mesh_shape=mesh_shape, chat_template=chat_template,
                  taxonomy_path=taxonomy_path, dtype=dtype)
   flag_markers = parse_marker_flags(markers)
@@ -213,7 +229,8 @@ def generate_cli(checkpoint: str, *, prompts: Sequence[str] = (), input_path: st
     requests += read_requests(input_path, decoder.taxonomy, mode=mode, markers=flag_markers,
                               force_prefix=force_prefix)
   results = decoder.run(requests, max_new_tokens=max_new_tokens, sampler=chosen, seed=seed,
-                        raw=raw, stop_strings=stop, batch_size=batch_size, logprobs=logprobs)
+                        raw=raw, stop_strings=stop, batch_size=batch_size, logprobs=logprobs,
+                        penalties=penalties)
   if output_path:
     with open(output_path, "w", encoding="utf-8") as f:
       for r, result in zip(requests, results):

@@ -85,6 +85,39 @@ class TopP:
 Sampler = Greedy | Temperature | TopK | TopP
 
 
+@dataclasses.dataclass(frozen=True)
+class Penalties:
+  """Presence and frequency penalties (OpenAI's definition), applied before the sampler:
+  logit[v] -= frequency * count[v] + presence * (count[v] > 0), where count[v] is how often the
+  row has generated v so far. Prompt tokens do not count, so copying a name or a fixed marker
+  from the prompt is not penalised. Positive values discourage repetition (the greedy loops a
+  small model falls into), negative ones encourage it; OpenAI's range, [-2, 2].
+  `generate` applies them to free text only: inside a constrained marker list the taxonomy
+  decides, and list tokens are not counted. The values are inputs of the compiled loop (per
+  row, `penalize`), so new values do not recompile it.
+  """
+  presence: float = 0.0
+  frequency: float = 0.0
+
+  def __post_init__(self):
+    for name in ("presence", "frequency"):
+      value = getattr(self, name)
+      if not -2.0 <= value <= 2.0:
+        raise ValueError(f"Penalties.{name}={value} must be in [-2, 2]")
+
+  @property
+  def active(self) -> bool:
+    return self.presence != 0.0 or self.frequency != 0.0
+
+
+def penalize(logits_BV: jax.Array, counts_BV: jax.Array, penalty_B2: jax.Array) -> jax.Array:
+  """`Penalties` per row: penalty_B2[:, 0] presence, [:, 1] frequency; counts_BV the row's
+  earlier answer tokens. A row with zeros gets its logits back exactly."""
+  counts_BV = counts_BV.astype(jnp.float32)
+  return (logits_BV.astype(jnp.float32) - penalty_B2[:, 1:2] * counts_BV
+          - penalty_B2[:, 0:1] * (counts_BV > 0))
+
+
 def make(kind: str = "greedy", *, temperature: float = 1.0, top_k: int = 0,
          top_p: float = 1.0) -> Sampler:
   """A sampler by name (CLI/config strings): greedy, temperature, top_k, top_p."""

@@ -40,7 +40,8 @@ SETTING_KINDS = ("none", "inferred", "nl_instruction", "fixed", "constrained")
 BASELINE_SETTINGS = ("none", "nl_instruction")
 # A mode's prompt plus conversation; what the sweep's generator takes per example.
 Request = tuple[list[dict[str, str]], modes.Mode]
-GenerateFn = Callable[[Sequence[Request], int], list[modes.Result]]
+# (requests, max_new_tokens, the task's decode config) -> results in request order.
+GenerateFn = Callable[[Sequence[Request], int, Any], list[modes.Result]]
 
 
 @dataclasses.dataclass(frozen=True)

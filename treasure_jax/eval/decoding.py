@@ -26,6 +26,8 @@ from treasure_jax.decode import constraints
 from treasure_jax.decode import generate
 from treasure_jax.decode import modes
 from treasure_jax.decode import sampling
+from treasure_jax.decode import stops
+from treasure_jax.markers import template
 from treasure_jax.train import checkpoint
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +36,8 @@ class DecodeConfig:
 
   Prompts are padded to a multiple of `prompt_bucket` tokens: each (bucket, max_new_tokens)
   pair compiles the decode loop once, so a large bucket trades prefill work for compiles.
+  presence_penalty / frequency_penalty: `decode.sampling.Penalties` (0 = off), on free text.
+  A task may override any of these fields (`sweep.TaskConfig.decode`).
   """
   batch_size: int = 8
   max_new_tokens: int = 256
@@ -44,16 +48,25 @@ class DecodeConfig:
   seed: int = 0
   force_prefix: bool = False
   prompt_bucket: int = 64
+  presence_penalty: float = 0.0
+  frequency_penalty: float = 0.0
 
   def __post_init__(self):
     for key in ("batch_size", "max_new_tokens", "prompt_bucket"):
       if getattr(self, key) < 1:
         raise ValueError(f"decode.{key}={getattr(self, key)} must be >= 1")
     self.make_sampler()  # Validates the sampler name and its parameters.
+    self.make_penalties()
 
   def make_sampler(self) -> sampling.Sampler:
     return sampling.make(self.sampler, temperature=self.temperature, top_k=self.top_k,
                          top_p=self.top_p)
+
+  def make_penalties(self) -> sampling.Penalties:
+    try:
+      return sampling.Penalties(self.presence_penalty, self.frequency_penalty)
+    except ValueError as e:
+      raise ValueError(f"decode: {e} (presence_penalty / frequency_penalty)") from None
 
 
 def padded_rows(n: int, batch_size: int) -> int:
@@ -82,6 +95,8 @@ class Decoder:
     self._eos_ids = sorted(i for i in eos if i is not None)
     self._automaton: constraints.TokenAutomaton | None = None
     self._tables: constraints.Tables | None = None
+    self._list_close = stops.build([template.LIST_CLOSE], self._token_bytes,
+                                   loaded.model_config.vocab_size)
 
   def _constraint(self) -> tuple[constraints.TokenAutomaton, constraints.Tables]:
     if self._automaton is None:
@@ -96,18 +111,20 @@ class Decoder:
     return list(self.vocabulary.encode(text)), prefix
 
   def generate(self, requests: Sequence[tuple[list[dict[str, str]], modes.Mode]],
-               max_new_tokens: int) -> list[modes.Result]:
+               max_new_tokens: int, cfg: DecodeConfig | None = None) -> list[modes.Result]:
+    """Results in request order; `cfg` replaces the decoder's own config for this call (a
+    task's overrides), sharing the loaded model, tokenizer and marker automaton."""
+    cfg = cfg or self.cfg
     prompts = [self._prompt(r) for r in requests]
     out: list[modes.Result] = []
-    size = self.cfg.batch_size
-    for start in range(0, len(requests), size):
-      out += self._batch(requests[start:start + size], prompts[start:start + size],
-                         max_new_tokens, start)
+    for start in range(0, len(requests), cfg.batch_size):
+      end = start + cfg.batch_size
+      out += self._batch(requests[start:end], prompts[start:end], max_new_tokens, start, cfg)
     return out
 
   def _batch(self, requests: Sequence[Any], prompts: Sequence[tuple[list[int], str]],
-             max_new_tokens: int, first: int) -> list[modes.Result]:
-    context, bucket = self.loaded.model_config.max_seq_len, self.cfg.prompt_bucket
+             max_new_tokens: int, first: int, cfg: DecodeConfig) -> list[modes.Result]:
+    context, bucket = self.loaded.model_config.max_seq_len, cfg.prompt_bucket
     fits = [bucket * math.ceil(len(ids) / bucket) < context
             for ids, _ in prompts]
     rows = [i for i, ok in enumerate(fits) if ok]
@@ -122,19 +139,19 @@ class Decoder:
     if rows:
       for i, result in zip(rows, self._run([requests[i] for i in rows],
                                            [prompts[i] for i in rows], max_new_tokens,
-                                           [first + i for i in rows])):
+                                           [first + i for i in rows], cfg)):
         results[i] = result
     return results
 
   def _run(self, requests: Sequence[Any], prompts: Sequence[tuple[list[int], str]],
-           max_new_tokens: int, seeds: list[int]) -> list[modes.Result]:
+           max_new_tokens: int, seeds: list[int], cfg: DecodeConfig) -> list[modes.Result]:
     """One padded batch; row i samples with the stream of its request index (`seeds`), so a
     sample does not depend on the batching."""
     tax, context = self.loaded.taxonomy, self.loaded.model_config.max_seq_len
     n = len(requests)
-    pad = padded_rows(n, self.cfg.batch_size) - n
+    pad = padded_rows(n, cfg.batch_size) - n
     ids = [p for p, _ in prompts] + [prompts[-1][0]] * pad
-    bucket = self.cfg.prompt_bucket * math.ceil(max(map(len, ids)) / self.cfg.prompt_bucket)
+    bucket = cfg.prompt_bucket * math.ceil(max(map(len, ids)) / cfg.prompt_bucket)
     budget = min(max_new_tokens, context - bucket)
     if budget < max_new_tokens:
       logging.warning("eval decoding: prompts of %d tokens leave %d of %d new tokens", bucket,
@@ -147,9 +164,11 @@ class Decoder:
                 for (_, mode), (_, prefix) in zip(requests, prompts)]
       starts += [automaton.free] * pad
     gen = generate.generate(
-        self.loaded.model, ids, max_new_tokens=budget, sampler=self.cfg.make_sampler(),
-        eos_ids=self._eos_ids, seed=self.cfg.seed, constraint=constraint, start_states=starts,
-        row_seeds=seeds + [seeds[-1]] * pad, prompt_bucket=self.cfg.prompt_bucket)
+        self.loaded.model, ids, max_new_tokens=budget, sampler=cfg.make_sampler(),
+        eos_ids=self._eos_ids, seed=cfg.seed, constraint=constraint, start_states=starts,
+        row_seeds=seeds + [seeds[-1]] * pad, prompt_bucket=cfg.prompt_bucket,
+        penalties=cfg.make_penalties(), list_close=self._list_close,
+        list_rows=[mode.parses for _, mode in requests] + [False] * pad)
     results = []
     for i in range(n):
       tokens = [t for t in gen.tokens[i] if t not in self._eos_ids]

@@ -57,6 +57,8 @@ class TaskConfig:
   limit: first N examples (0 = all). max_new_tokens: 0 = decode.max_new_tokens.
   length_limits: word limits cycled over the examples (length tasks; () = the reference's).
   categories: restrict marker metrics to these. judge: run the judge and reward model here.
+  decode: this task's overrides of the `decode` section, e.g. {"frequency_penalty": 0.5} for
+  prose while code keeps the plain loop (`task_decode`; keys are `DecodeConfig` fields).
   """
   kind: str
   data: str
@@ -67,6 +69,7 @@ class TaskConfig:
   nl_template: str = "Answer in at most {n} words."
   categories: tuple[str, ...] = ()
   judge: bool = False
+  decode: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,9 +123,24 @@ def resolve(config: ml_collections.ConfigDict | Mapping[str, Any]
     if not _NAME.match(name):
       raise ValueError(f"tasks.{name}: task names use letters, digits, _.- only")
     cells.check_task(f"tasks.{name}", task, tax)
+    task_decode(cfg.decode, task, f"tasks.{name}.decode")
   _judge_config(cfg)
   _reward_scorer(cfg)
   return cfg, tasks, ckpts
+
+
+def task_decode(decode: decoding.DecodeConfig, task: TaskConfig,
+                where: str = "decode") -> decoding.DecodeConfig:
+  """The sweep's decode section with the task's overrides; an unknown key or bad value is an
+  error naming `where`."""
+  if not task.decode:
+    return decode
+  merged = {**dataclasses.asdict(decode), **task.decode}
+  unknown = sorted(set(task.decode) - set(dataclasses.asdict(decode)))
+  if unknown:
+    raise ValueError(f"{where}: unknown decode key {unknown[0]!r}; keys: "
+                     f"{', '.join(dataclasses.asdict(decode))}")
+  return config_loader.to_dataclass(decoding.DecodeConfig, merged, where)
 
 
 def _checkpoints(specs: Sequence[str]) -> dict[str, str]:
@@ -195,8 +213,17 @@ class _Cell:
     return f"{self.checkpoint}/{self.task_name}/{self.setting}"
 
   def spec(self, cfg: SweepConfig) -> str:
-    blob = json.dumps([self.path, dataclasses.asdict(self.task), self.setting,
-                       dataclasses.asdict(cfg.decode), cfg.train_files, cfg.long_tail_threshold,
+    """A hash of what the cell computes: the decoding it runs with (the task's overrides
+    merged in), not how the config spells it."""
+    task = dataclasses.asdict(self.task)
+    del task["decode"]
+    decode = dataclasses.asdict(task_decode(cfg.decode, self.task))
+    # Penalties came later: off (0), they are left out, so cells made before them stay valid.
+    for key in ("presence_penalty", "frequency_penalty"):
+      if decode[key] == 0.0:
+        del decode[key]
+    blob = json.dumps([self.path, task, self.setting,
+                       decode, cfg.train_files, cfg.long_tail_threshold,
                        cfg.examples_per_cell, self.task.judge and (cfg.judge, cfg.reward)],
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
@@ -294,11 +321,12 @@ def _compute(ctx: _Context, cell: _Cell) -> tuple[list[dict[str, Any]], dict[str
         batch_size=ctx.cfg.nll_batch_size, origin=task.data), {}
   targets: list[int | None] = ([None] * len(examples) if task.kind != "length" else
                                cells.length_targets(examples, task.length_limits))
+  decode = task_decode(ctx.cfg.decode, task)
   records, requests = cells.requests(
       examples, setting, task_kind=task.kind, targets=targets, tax=tax,
       baseline=cell.checkpoint in ctx.cfg.baselines, nl_template=task.nl_template,
-      force_prefix=ctx.cfg.decode.force_prefix)
-  results = ctx.generate(requests, task.max_new_tokens or ctx.cfg.decode.max_new_tokens)
+      force_prefix=decode.force_prefix)
+  results = ctx.generate(requests, task.max_new_tokens or decode.max_new_tokens, decode)
   records = cells.add_results(records, results)
   if not _is_writer():
     return records, {}

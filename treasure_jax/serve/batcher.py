@@ -7,12 +7,13 @@ request arrives so others can join; while it decodes, arrivals simply accumulate
 
 Scheduling policy (no request waits forever): the next batch always contains the OLDEST waiting
 request, plus later requests that can share its compiled loop (same sampler, stop strings and
-step bucket), in arrival order, up to `max_batch` rows (a request with n choices is n rows).
-So a request is in the batch after at most (requests ahead of it) batches, and each batch is
-bounded by the server's max_tokens limit. Short requests are not put into a long one's batch:
-max_tokens is rounded up to a power-of-two step bucket (exact for constrained rows, whose
-list-closing budget depends on it), each row is cut at its own max_tokens afterwards. Batch
-sizes are padded to powers of two so a handful of shapes compile once and are reused.
+step bucket; penalties are per row), in arrival order, up to `max_batch` rows (a request with
+n choices is n rows). So a request is in the batch after at most (requests ahead of it)
+batches, and each batch is bounded by the server's max_tokens limit. Short requests are not
+put into a long one's batch: max_tokens is rounded up to a power-of-two step bucket (exact for
+constrained rows, whose list-closing budget depends on it), each row is cut at its own
+max_tokens afterwards. Batch sizes are padded to powers of two so a handful of shapes compile
+once and are reused.
 
 A decode failure fails that batch's requests with a 500 error object; the worker carries on.
 """
@@ -163,7 +164,9 @@ class Batcher:
     first = entries[0].job
     gen = generate_lib.generate(
         d.model, [ids for ids, _ in inputs], max_new_tokens=entries[0].key[2],
-        sampler=first.sampler, eos_ids=d.eos_ids(), constraint=tables, start_states=starts,
+        sampler=first.sampler, penalties=[e.job.penalties for e, _ in rows],
+        eos_ids=d.eos_ids(), constraint=tables, start_states=starts,
+        list_rows=[r.mode.parses for r in requests], list_close=d.list_close(),
         stop_tables=self._stop_tables(first.stop), row_seeds=[e.seeds[c] for e, c in rows])
     gen = _cut(gen, [e.job.max_tokens for e, _ in rows])
     out: dict[int, list[modes.Result]] = {id(e): [] for e in entries}

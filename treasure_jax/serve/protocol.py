@@ -5,9 +5,11 @@ Everything a request can get wrong is found here, before it is queued, and raise
 not a JSON object, wrong types, an unknown marker category or a value outside the taxonomy (the
 allowed values listed), a prompt that does not fit the context, max_tokens over the server's
 limit. OpenAI fields the server cannot honour (tools, logit_bias, logprobs, ...) are refused
-rather than silently ignored. Marker fields beyond OpenAI's: `markers` (category -> value),
-`marker_mode` (inferred | fixed | constrained | none) and `force_prefix`; the openai client
-sends them with `extra_body`, which merges into the body. Decoding is the batcher's job.
+rather than silently ignored; presence_penalty and frequency_penalty are honoured
+(`decode.sampling.Penalties`, on the answer after its marker list). Marker fields beyond
+OpenAI's: `markers` (category -> value), `marker_mode` (inferred | fixed | constrained | none)
+and `force_prefix`; the openai client sends them with `extra_body`, which merges into the
+body. Decoding is the batcher's job.
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ class Job:
   ids: tuple[int, ...]
   prefix: str
   sampler: sampling.Sampler
+  penalties: sampling.Penalties
   max_tokens: int
   stop: tuple[str, ...]
   n: int
@@ -127,8 +130,10 @@ def _job(kind: str, body: Mapping[str, Any], request: runner.Request, ids: list[
   stream = body.get("stream", False)
   if not isinstance(stream, bool):
     raise ApiError(400, "'stream' must be a boolean", param="stream")
-  return Job(kind, model, request, tuple(ids), prefix, _sampler(body), max_tokens, _stop(body),
-             n, seed, stream)
+  penalties = sampling.Penalties(_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+                                 _number(body, "frequency_penalty", 0.0, -2.0, 2.0))
+  return Job(kind, model, request, tuple(ids), prefix, _sampler(body), penalties, max_tokens,
+             _stop(body), n, seed, stream)
 
 
 def _messages(messages: Any) -> list[dict[str, str]]:
