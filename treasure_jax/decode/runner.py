@@ -103,7 +103,8 @@ class Decoder:
           sampler=sampler, eos_ids=self.eos_ids(), seed=seed, constraint=tables,
           start_states=starts, stop_tables=stop_tables,
           row_seeds=list(range(lo, lo + len(batch))), penalties=penalties,
-          list_rows=[r.mode.parses for r in batch], list_close=self.list_close())
+          list_rows=[r.mode.parses for r in batch] if penalties.active else None,
+          list_close=self.list_close() if penalties.active else None)
       for i, r in enumerate(batch):
         results.append(self._finish(r, inputs[i], gen, i, stop_strings, logprobs))
     return results

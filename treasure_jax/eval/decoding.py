@@ -95,14 +95,20 @@ class Decoder:
     self._eos_ids = sorted(i for i in eos if i is not None)
     self._automaton: constraints.TokenAutomaton | None = None
     self._tables: constraints.Tables | None = None
-    self._list_close = stops.build([template.LIST_CLOSE], self._token_bytes,
-                                   loaded.model_config.vocab_size)
+    self._list_close: stops.StopTables | None = None
 
   def _constraint(self) -> tuple[constraints.TokenAutomaton, constraints.Tables]:
     if self._automaton is None:
       self._automaton = constraints.build(self.loaded.taxonomy, self.vocabulary)
       self._tables = self._automaton.tables(self.loaded.model_config.vocab_size)
     return self._automaton, self._tables
+
+  def _close(self) -> stops.StopTables:
+    """The list-close automaton (penalties start after it), built on first use."""
+    if self._list_close is None:
+      self._list_close = stops.build([template.LIST_CLOSE], self._token_bytes,
+                                     self.loaded.model_config.vocab_size)
+    return self._list_close
 
   def _prompt(self, request: tuple[list[dict[str, str]], modes.Mode]) -> tuple[list[int], str]:
     messages, mode = request
@@ -163,12 +169,14 @@ class Decoder:
                 if mode.constrained else automaton.free
                 for (_, mode), (_, prefix) in zip(requests, prompts)]
       starts += [automaton.free] * pad
+    penalties = cfg.make_penalties()
     gen = generate.generate(
         self.loaded.model, ids, max_new_tokens=budget, sampler=cfg.make_sampler(),
         eos_ids=self._eos_ids, seed=cfg.seed, constraint=constraint, start_states=starts,
         row_seeds=seeds + [seeds[-1]] * pad, prompt_bucket=cfg.prompt_bucket,
-        penalties=cfg.make_penalties(), list_close=self._list_close,
-        list_rows=[mode.parses for _, mode in requests] + [False] * pad)
+        penalties=penalties, list_close=self._close() if penalties.active else None,
+        list_rows=[mode.parses for _, mode in requests] + [False] * pad if penalties.active
+        else None)
     results = []
     for i in range(n):
       tokens = [t for t in gen.tokens[i] if t not in self._eos_ids]

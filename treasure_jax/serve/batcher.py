@@ -162,11 +162,13 @@ class Batcher:
       tables = self._tables
       starts = [d._start_state(r, p) for r, (_, p) in zip(requests, inputs)]  # pylint: disable=protected-access
     first = entries[0].job
+    penalized = any(e.job.penalties.active for e in entries)
     gen = generate_lib.generate(
         d.model, [ids for ids, _ in inputs], max_new_tokens=entries[0].key[2],
         sampler=first.sampler, penalties=[e.job.penalties for e, _ in rows],
         eos_ids=d.eos_ids(), constraint=tables, start_states=starts,
-        list_rows=[r.mode.parses for r in requests], list_close=d.list_close(),
+        list_rows=[r.mode.parses for r in requests] if penalized else None,
+        list_close=d.list_close() if penalized else None,
         stop_tables=self._stop_tables(first.stop), row_seeds=[e.seeds[c] for e, c in rows])
     gen = _cut(gen, [e.job.max_tokens for e, _ in rows])
     out: dict[int, list[modes.Result]] = {id(e): [] for e in entries}
