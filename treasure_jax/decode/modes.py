@@ -21,6 +21,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from treasure_jax.decode import stops
 from treasure_jax.markers import taxonomy as taxonomy_lib
 from treasure_jax.markers import template
 
@@ -64,6 +65,11 @@ def make(kind: str, markers: Mapping[str, Any] | None, tax: taxonomy_lib.Taxonom
 def prompt_text(mode: Mode, prompt: str, tax: taxonomy_lib.Taxonomy) -> str:
   """The user turn: the prompt with the mode's prompt-side marker list."""
   return template.prompt_side(prompt, mode.markers, tax) if mode.markers else prompt
+
+
+def list_close(token_bytes: Sequence[bytes | None], vocab_size: int) -> stops.StopTables:
+  """The automaton of the list's closing tag: decoding penalties act on the answer after it."""
+  return stops.build([template.LIST_CLOSE], token_bytes, vocab_size)
 
 
 def forced_prefix(mode: Mode, tax: taxonomy_lib.Taxonomy) -> str:

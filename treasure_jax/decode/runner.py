@@ -22,7 +22,6 @@ from treasure_jax.decode import sampling
 from treasure_jax.decode import stops
 from treasure_jax.markers import stats
 from treasure_jax.markers import taxonomy as taxonomy_lib
-from treasure_jax.markers import template
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +58,7 @@ class Decoder:
   def list_close(self) -> stops.StopTables:
     """Where a completion's marker list ends: penalties act on the answer after it."""
     if self._list_close is None:
-      self._list_close = stops.build([template.LIST_CLOSE], self.token_bytes,
-                                     self.model.cfg.vocab_size)
+      self._list_close = modes.list_close(self.token_bytes, self.model.cfg.vocab_size)
     return self._list_close
 
   def eos_ids(self) -> list[int]:

@@ -27,7 +27,6 @@ from treasure_jax.decode import generate
 from treasure_jax.decode import modes
 from treasure_jax.decode import sampling
 from treasure_jax.decode import stops
-from treasure_jax.markers import template
 from treasure_jax.train import checkpoint
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +105,8 @@ class Decoder:
   def _close(self) -> stops.StopTables:
     """The list-close automaton (penalties start after it), built on first use."""
     if self._list_close is None:
-      self._list_close = stops.build([template.LIST_CLOSE], self._token_bytes,
-                                     self.loaded.model_config.vocab_size)
+      self._list_close = modes.list_close(self._token_bytes,
+                                          self.loaded.model_config.vocab_size)
     return self._list_close
 
   def _prompt(self, request: tuple[list[dict[str, str]], modes.Mode]) -> tuple[list[int], str]:
