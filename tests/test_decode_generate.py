@@ -35,7 +35,7 @@ def tiny(family: str, **kw) -> config.ModelConfig:
 def full_forward_greedy(model, prompt, n, penalties=sampling.Penalties(), answer_from=0):
   """Reference: argmax of a full (cache-free) forward over the whole sequence, n times, less
   the penalties on the tokens generated so far from index `answer_from` on, applied from
-  there on (numpy, not the library's `apply`)."""
+  there on (numpy, not the library's `sampling.penalize`)."""
   graphdef, state = nnx.split(model)
   length = 32
   fwd = jax.jit(lambda s, t, seg: transformer.apply(graphdef, s, t, segment_ids_BT=seg)[0])

@@ -135,12 +135,11 @@ def task_decode(decode: decoding.DecodeConfig, task: TaskConfig,
   error naming `where`."""
   if not task.decode:
     return decode
-  merged = {**dataclasses.asdict(decode), **task.decode}
-  unknown = sorted(set(task.decode) - set(dataclasses.asdict(decode)))
+  section = dataclasses.asdict(decode)
+  unknown = sorted(set(task.decode) - set(section))
   if unknown:
-    raise ValueError(f"{where}: unknown decode key {unknown[0]!r}; keys: "
-                     f"{', '.join(dataclasses.asdict(decode))}")
-  return config_loader.to_dataclass(decoding.DecodeConfig, merged, where)
+    raise ValueError(f"{where}: unknown decode key {unknown[0]!r}; keys: {', '.join(section)}")
+  return config_loader.to_dataclass(decoding.DecodeConfig, {**section, **task.decode}, where)
 
 
 def _checkpoints(specs: Sequence[str]) -> dict[str, str]:
