@@ -8,6 +8,9 @@ Command:
 Variants (comma-separated, e.g. `quick,ablation`):
   (none)          baseline (no markers) and markers (p_d = p_s = 0.5): same examples, same steps.
   quick           the same model and data, a smaller budget (below); what CI runs.
+  lengthaug       the training split also gets up to 2 copies of each OpenEnded /
+                  QuestionAnswering / Explanation example answered by its answer cut at
+                  sentence ends, length markers recounted (experiment L below).
   ablation        the paper's Table 7: marked models with p_d = 0, 0.5 and 0.7, no baseline;
                   only marker inference and length control are evaluated.
   ablation_pd0, ablation_pd07   one marked model with that p_d (compare with the main demo's
@@ -123,7 +126,7 @@ import ml_collections
 from treasure_jax.annotate import demo_data
 from treasure_jax.model import convert
 
-VARIANTS = ("quick", "ablation", "ablation_pd0", "ablation_pd07")
+VARIANTS = ("quick", "lengthaug", "ablation", "ablation_pd0", "ablation_pd07")
 
 
 def _task(**kw) -> ml_collections.ConfigDict:
@@ -247,6 +250,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
       seed=0, val_fraction=0.1, humaneval_limit=164, corpus_dir="",
       sources=demo_data.SOURCES, chatterbot_limit=demo_data.CHATTERBOT_LIMIT,
       categories=demo_data.CATEGORIES))
+  if "lengthaug" in names:
+    # Two cut-answer copies per eligible training example (`length_variants.make`). Set
+    # only here: the default build section, and so every default stage digest, is unchanged.
+    c.build.length_variants = 2
   c.eval_sample_seed = 0  # Order of the eval subsets (a hash of seed and id), never tuned.
   c.train = _train(quick)
   # Training seeds: every run once per seed (`demo.seeds`), the summary gives each seed's value

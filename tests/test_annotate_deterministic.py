@@ -130,6 +130,21 @@ def test_sentence_and_paragraph_rules():
   assert text_stats.count_paragraphs("x\n```\n1\n\n2\n```\ny") == 1
 
 
+def test_sentence_cuts_end_whole_sentences():
+  def prefixes(text):
+    return [text[:n] for n in text_stats.sentence_cuts(text)]
+  assert prefixes("E.g. this stays one. J. Smith came! Did he?") == [
+      "E.g. this stays one.", "E.g. this stays one. J. Smith came!"]
+  # Never after a list number; closing quotes stay with their sentence; wrapped lines join.
+  assert prefixes("Items:\n1. first thing.\n2. second.") == ["Items:\n1. first thing."]
+  assert prefixes('He said "yes." Then left.') == ['He said "yes."']
+  assert prefixes("Returns the\nvalue. Raises (foo). Done") == [
+      "Returns the\nvalue.", "Returns the\nvalue. Raises (foo)."]
+  assert prefixes("こんにちは。元気ですか？") == ["こんにちは。"]
+  assert prefixes("One only.") == [] and prefixes("") == []
+  assert prefixes("Code:\n```\nx = 1\n```\nDone. Ok.") == []  # Code is never cut.
+
+
 @pytest.mark.parametrize("text,expected", [
     ('{"name": "Ada", "born": 1815}', "JSON"),
     ("```json\n[1, 2, 3]\n```", "JSON"),

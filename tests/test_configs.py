@@ -230,3 +230,13 @@ def _check_aot(spec: str, target_name: str | None) -> None:
     else pytest.param(*t, marks=pytest.mark.slow) for t in TRAIN])
 def test_aot_memory_fits(spec, target_name):
   _check_aot(spec, target_name)
+
+
+def test_demo_lengthaug_variant_changes_only_the_build():
+  from treasure_jax import demo  # pylint: disable=g-import-not-at-top
+  _, plain = demo.load_config(quick=True)
+  _, aug = demo.load_config(quick=True, config=demo.default_config_path() + ":lengthaug")
+  assert "length_variants" not in plain.build  # Default stage digests stay as they were.
+  assert aug.build.length_variants == 2
+  assert {k: v for k, v in aug.build.items() if k != "length_variants"} == dict(plain.build)
+  assert aug.train == plain.train and aug.eval == plain.eval

@@ -1,6 +1,7 @@
 """The demo mix built from installed packages: counts, sources, split, rejects, tail, lengths."""
 from __future__ import annotations
 
+import collections
 import json
 import os
 import random
@@ -11,6 +12,7 @@ import yaml
 
 from treasure_jax.annotate import chatterbot
 from treasure_jax.annotate import demo_data
+from treasure_jax.annotate import length_variants
 from treasure_jax.annotate import records
 from treasure_jax.markers import taxonomy
 
@@ -140,6 +142,39 @@ def test_categories_and_subsample(tmp_path):
                     categories=("colour",))
   with pytest.raises(ValueError, match="needs humaneval"):
     demo_data.build(tmp_path / "bad", humaneval=False)
+
+
+def test_length_variants_cut_training_answers_only(tmp_path):
+  sources = ("python_docstrings", "arithmetic")
+  plain = demo_data.build(tmp_path / "plain", humaneval=False, sources=sources)
+  summary = demo_data.build(tmp_path / "aug", humaneval=False, sources=sources,
+                            length_variants=2)
+  assert (tmp_path / "aug" / "validation.jsonl").read_text() == \
+      (tmp_path / "plain" / "validation.jsonl").read_text()
+  train = {r["id"]: r for r in read_jsonl(tmp_path / "aug" / "train.jsonl")}
+  plain_train = {r["id"]: r for r in read_jsonl(tmp_path / "plain" / "train.jsonl")}
+  variants = [r for r in train.values() if "length_variant_of" in r["meta"]]
+  assert set(train) - set(plain_train) == {r["id"] for r in variants}
+  assert len(variants) == summary["length_variants"]["count"] > 300
+  assert summary["length_variants"]["by_source"] == {"python_docstrings": len(variants)}
+  assert summary["train"] == len(train) == plain["train"] + len(variants)
+  tax = taxonomy.load(tmp_path / "aug" / "taxonomy.json")
+  per_original = collections.Counter(r["meta"]["length_variant_of"] for r in variants)
+  assert max(per_original.values()) == 2
+  for v in variants:
+    orig = plain_train[v["meta"]["length_variant_of"]]
+    assert v["prompt"] == orig["prompt"] and orig["response"].startswith(v["response"])
+    assert v["response"].rstrip("\"'”’)]»")[-1] in ".!?…"
+    # Rule markers recounted from the cut answer, the source's markers kept.
+    again = demo_data.annotate({**v, "markers": {}}, tax)["markers"]
+    assert {k: again[k] for k in demo_data.RULE_CATEGORIES if k in again} == \
+        {k: v["markers"][k] for k in demo_data.RULE_CATEGORIES if k in v["markers"]}
+    assert v["markers"]["length_tokens"] <= 0.8 * orig["markers"]["length_tokens"]
+    assert (v["markers"]["task"], v["markers"]["domain"]) == ("QuestionAnswering", "Code")
+    assert v["id"] == f"{orig['id']}#cut{v['markers']['length_tokens']}"
+  assert "length variants" in (tmp_path / "aug" / "PROVENANCE.md").read_text()
+  with pytest.raises(ValueError, match="length_variants must be >= 0"):
+    length_variants.make([], tax, -1)
 
 
 def test_humaneval_train_keeps_the_holdout_out(tmp_path):

@@ -92,7 +92,8 @@ def _data_build_demo(args: argparse.Namespace) -> None:
                             humaneval=not args.no_humaneval,
                             humaneval_limit=args.humaneval_limit, sources=sources,
                             chatterbot_limit=demo_data.CHATTERBOT_LIMIT,
-                            categories=demo_data.CATEGORIES)
+                            categories=demo_data.CATEGORIES,
+                            length_variants=args.length_variants)
   print(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
 
 
@@ -116,6 +117,8 @@ def _add_data(sub) -> None:
   b.add_argument("--val-fraction", type=float, default=0.1, help="validation share")
   b.add_argument("--no-humaneval", action="store_true", help="skip the code evaluation sets")
   b.add_argument("--humaneval-limit", type=int, default=None, help="first N problems only")
+  b.add_argument("--length-variants", type=int, default=0,
+                 help="cut-answer copies per training example (one prompt, several lengths)")
   b.set_defaults(func=_data_build_demo)
   c = dsub.add_parser("convert", help="annotated JSONL to ArrayRecord or Parquet (Grain pipeline)")
   c.add_argument("input", help="annotated JSONL")

@@ -33,6 +33,11 @@ file topic and lang from the corpus folder, through `metadata.MetadataRules`; `l
 keeps what lingua says, and the summary reports how often the two agree). `categories` keeps
 only those categories (the demo config's choice of what rides in the marker list).
 
+Length variants (off by default; `build(length_variants=k)`): after the split, the training
+split gets up to k cut-answer copies of each eligible example (`length_variants`: in this mix
+length follows the kind of prompt, and the copies give one prompt several lengths); validation
+is unchanged. The summary counts them by source.
+
 Split: deterministic, stratified by (domain, lang). Inside a stratum, examples are grouped
 by their first utterance (a prompt never lands in both splits: the three lengths of one
 python_reference topic stay together) and groups are ordered by a hash of (seed, stratum,
@@ -54,6 +59,7 @@ from treasure_jax.annotate import demo_sources
 from treasure_jax.annotate import deterministic
 from treasure_jax.annotate import humaneval_sets
 from treasure_jax.annotate import metadata
+from treasure_jax.annotate import length_variants as length_variants_lib
 from treasure_jax.annotate import records
 from treasure_jax.markers import stats
 from treasure_jax.markers import taxonomy
@@ -250,6 +256,11 @@ def _write_provenance(path: str, summary: Mapping[str, Any]) -> None:
   for name, info in summary["sources"].items():
     what, package = PROVENANCE.get(name, ("", ""))
     lines.append(f"| {name} | {what} | {package} | {info['license']} | {info['count']} |")
+  variants = summary.get("length_variants") or {}
+  if variants.get("count"):
+    lines += ["", f"The counts include {variants['count']} length variants (training answers "
+              f"cut at sentence ends, up to {variants['per_record']} per example; "
+              "`meta.length_variant_of` names the original)."]
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
 
@@ -271,8 +282,11 @@ def build(out_dir: str | os.PathLike, *, seed: int = 0, val_fraction: float = 0.
           corpus_dir: str | os.PathLike | None = None, humaneval: bool = True,
           humaneval_limit: int | None = None, sources: Iterable[str] = SOURCES,
           chatterbot_limit: int | None = None, categories: Iterable[str] | None = None,
-          humaneval_holdout: int = HUMANEVAL_HOLDOUT) -> dict[str, Any]:
+          humaneval_holdout: int = HUMANEVAL_HOLDOUT, length_variants: int = 0
+          ) -> dict[str, Any]:
   """Builds the demo data set into `out_dir`; returns the summary (also in summary.json).
+
+  `length_variants`: cut-answer copies per training example (`length_variants`), 0 = none.
 
   `humaneval_train` among `sources` needs `humaneval` (it reads the built sets).
   """
@@ -299,12 +313,18 @@ def build(out_dir: str | os.PathLike, *, seed: int = 0, val_fraction: float = 0.
     for rec in _source_records(name, corpus, seed, out_dir, chatterbot_limit, humaneval_holdout):
       recs.append(annotate(rec, tax, rules if name == "chatterbot" else None, categories))
   train, val = split(recs, seed=seed, val_fraction=val_fraction)
+  variants = length_variants_lib.make(train, tax, length_variants, categories=categories)
+  train = sorted(train + variants, key=lambda r: r["id"])
   _write_jsonl(os.path.join(out_dir, "train.jsonl"), train)
   _write_jsonl(os.path.join(out_dir, "validation.jsonl"), val)
   _write_jsonl(os.path.join(out_dir, "rejects.jsonl"), corpus.rejects)
   with open(os.path.join(out_dir, "taxonomy.json"), "w", encoding="utf-8") as f:
     f.write(tax.to_json() + "\n")
-  summary = _summary(corpus, recs, train, val, tax, seed, val_fraction)
+  summary = _summary(corpus, recs + variants, train, val, tax, seed, val_fraction)
+  summary["length_variants"] = {
+      "per_record": length_variants, "count": len(variants),
+      "by_source": dict(sorted(collections.Counter(
+          r["meta"]["dataset"] for r in variants).items()))}
   if he_summary is not None:
     summary["humaneval"] = he_summary
   _write_provenance(os.path.join(out_dir, "PROVENANCE.md"), summary)

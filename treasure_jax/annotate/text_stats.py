@@ -29,6 +29,12 @@ A fenced code block counts as one sentence.
 Paragraphs (`count_paragraphs`): non-empty chunks between blank lines; blank lines inside a
 fenced code block do not split it.
 
+Sentence cuts (`sentence_cuts`): the places where a prefix of the text ends a whole sentence,
+for length-varied copies of an answer (`length_variants.make`): after `. ! ? …` (closing
+quotes or brackets kept) or a full stop of an unspaced script, where the character before the
+mark is a letter or closing bracket (so never after "1." of a list, or "e.g."). Text with a
+fenced code block has no cuts (a program is not cut into a shorter one).
+
 Deliberately not here: which category gets which count (`deterministic`), language (`language`).
 """
 from __future__ import annotations
@@ -151,6 +157,28 @@ def count_sentences(text: str) -> int:
       for part in _UNSPACED_END.split(piece):
         count += sum(1 for s in _SEA_SPACE.split(part) if _has_word(s))
   return count + n_code
+
+
+# A prefix ends a sentence: a letter or closing bracket, then an end mark (closers may follow).
+_CUT_END = re.compile(r"(?:[^\W\d_]|[\"'”’)\]»])[.!?…][\"'”’)\]»]*$"
+                      r"|[。！？｡؟۔।॥][\"'”’」』)\]]*$")
+
+
+def sentence_cuts(text: str) -> list[int]:
+  """Ascending lengths of the prefixes of `text` that end a whole sentence (module docstring).
+
+  Each prefix, `text[:n]`, has at least one word and fewer words than `text`.
+  """
+  if _FENCE.search(text):
+    return []
+  total = count_words(text)
+  cuts = set()
+  for pattern in (_SPACED_END, _UNSPACED_END):
+    for m in pattern.finditer(text):
+      prefix = text[:m.end()].rstrip()
+      if prefix and _CUT_END.search(prefix) and 0 < count_words(prefix) < total:
+        cuts.add(len(prefix))
+  return sorted(cuts)
 
 
 def count_paragraphs(text: str) -> int:

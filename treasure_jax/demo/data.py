@@ -88,10 +88,12 @@ def write_eval_subset(data_dir: str, seed: int) -> dict[str, Any]:
 
 def build(data_dir: str, *, seed: int, val_fraction: float, humaneval_limit: int,
           corpus_dir: str, sources: Sequence[str] = demo_data.SOURCES,
-          chatterbot_limit: int = 0, categories: Sequence[str] = ()) -> dict[str, Any]:
+          chatterbot_limit: int = 0, categories: Sequence[str] = (),
+          length_variants: int = 0) -> dict[str, Any]:
   """Builds everything into `data_dir`; returns a JSON-ready summary of the set.
 
-  `chatterbot_limit` 0 keeps the whole corpus; `categories` () keeps every category.
+  `chatterbot_limit` 0 keeps the whole corpus; `categories` () keeps every category;
+  `length_variants` cut-answer copies per training example (`demo_data`), 0 = none.
   """
   sources = tuple(sources)
   humaneval = humaneval_limit > 0
@@ -101,13 +103,14 @@ def build(data_dir: str, *, seed: int, val_fraction: float, humaneval_limit: int
                             corpus_dir=corpus_dir or None, humaneval=humaneval,
                             humaneval_limit=humaneval_limit or None, sources=sources,
                             chatterbot_limit=chatterbot_limit or None,
-                            categories=tuple(categories) or None)
+                            categories=tuple(categories) or None,
+                            length_variants=length_variants)
   tax = taxonomy_lib.load(os.path.join(data_dir, "taxonomy.json"))
   table = stats.table_for_file(os.path.join(data_dir, "train.jsonl"), tax)
   stats.dump(table, os.path.join(data_dir, STATS_FILE))
   return {k: summary.get(k) for k in ("examples", "train", "validation", "corpus_languages",
                                        "topics", "rejects", "duplicates_dropped",
-                                       "tail_values", "sources")} | {
+                                       "tail_values", "sources", "length_variants")} | {
       "humaneval_problems": (summary.get("humaneval") or {}).get("problems", 0)}
 
 
