@@ -118,8 +118,24 @@ chat prompts whose response is longer than the limit, the reference length):
         50.0 -> 37.5%), the gap unchanged (+15.6 -> +18.8 pts [+0.0, +37.5]); the quick
         checkpoints: 31.2 vs 84.4% -> 31.2 vs 87.5%. Not adopted: it changes nothing about
         the marker, and the paper decodes greedily.
-     Most likely to teach the lever (not tried): examples where one kind of prompt comes with
-     several lengths, e.g. responses cut at sentence ends with length_tokens recounted.
+  L (2026-12-07) the idea P2 left: `:lengthaug` gives 918 training examples (chatterbot 206,
+     docstrings 494, Language Reference 218) cut-answer copies, so one prompt comes with
+     several lengths (train 4,041, was 3,123; validation and the eval files byte-identical).
+     Full budget, seed 1 (`seeds=(1,)`), both runs retrained: 91 min 29 s, 12.6 GiB, shared
+     with a test run for ~25 min; baseline saw 1,250 examples, markers 702; marker-list loss
+     0.83 -> 0.07. n=32: inference domain 95.2% (+42.9 [+23.8, +61.9]), task 100%, lang 90.6%
+     (+18.8 [+0.0, +40.6]); violations length_tokens 28.1% vs baseline in words 37.5%, -9.4
+     pts [-28.1, +9.4] (seed 1 without the copies: -12.5 [-34.4, +9.4]); NLL all +0.043
+     [+0.019, +0.075] (was +0.068), lang tail +0.217 [-0.039, +0.579], domain tail +0.076
+     [+0.042, +0.107]: (c) still not met. The P2 test on the new checkpoints (first 64
+     prompts, every limit 10 / 40 / 160 words): the marked model copies the value 64/64 times
+     at each and answers a median 16.0 / 8.5 / 18.0 words; 33 of 64 answers are identical
+     across the three values (40 without the copies) and only 7 of 64 are longer at 160 than
+     at 10 (violations 53.1 / 17.2 / 0.0%). The baseline asked in words: 12.5 / 10.5 / 10.0,
+     26 identical, 18 longer (53.1 / 28.1 / 17.2%). So the copies do not teach the lever at
+     702 marked examples: the answer still does not follow the value. Not adopted as the
+     default (the variant stays for larger budgets). P1 at n=327 was started and stopped
+     unfinished (the session's time), so no 327-prompt interval for L.
 """
 import ml_collections
 
