@@ -175,6 +175,8 @@ def test_length_variants_cut_training_answers_only(tmp_path):
   assert "length variants" in (tmp_path / "aug" / "PROVENANCE.md").read_text()
   with pytest.raises(ValueError, match="length_variants must be >= 0"):
     length_variants.make([], tax, -1)
+  with pytest.raises(ValueError, match="length_variants must be >= 0"):
+    demo_data.build(tmp_path / "bad", humaneval=False, sources=sources, length_variants=-1)
 
 
 def test_humaneval_train_keeps_the_holdout_out(tmp_path):
