@@ -58,8 +58,8 @@ from treasure_jax.annotate import chatterbot
 from treasure_jax.annotate import demo_sources
 from treasure_jax.annotate import deterministic
 from treasure_jax.annotate import humaneval_sets
-from treasure_jax.annotate import metadata
 from treasure_jax.annotate import length_variants as length_variants_lib
+from treasure_jax.annotate import metadata
 from treasure_jax.annotate import records
 from treasure_jax.markers import stats
 from treasure_jax.markers import taxonomy

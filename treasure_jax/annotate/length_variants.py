@@ -35,8 +35,10 @@ def choose_cuts(answer: str, per_record: int) -> list[tuple[int, int]]:
   total = text_stats.count_words(answer)
   cuts = [(text_stats.count_words(answer[:n]), n) for n in text_stats.sentence_cuts(answer)]
   cuts = [(w, n) for w, n in cuts if w <= MAX_SHARE * total]
+  if not cuts:
+    return []
   chosen: dict[int, int] = {}
-  for j in range(1, per_record + 1) if cuts else ():
+  for j in range(1, per_record + 1):
     words, n = min(cuts, key=lambda c: (abs(c[0] - total * j / (per_record + 1)), c[0]))
     chosen[words] = n
   return sorted(chosen.items())
@@ -49,13 +51,15 @@ def make(recs: Iterable[Mapping[str, Any]], tax: taxonomy.Taxonomy, per_record: 
   keep (default: all of the taxonomy's); those in `RECOUNTED` are counted from the cut answer."""
   if per_record < 0:
     raise ValueError(f"length_variants must be >= 0, got {per_record}")
+  if per_record == 0:
+    return []
   keep = set(tax.names if categories is None else categories)
   recount = [c for c in RECOUNTED if c in keep and c in tax]
   tasks = set(tasks)
   out = []
   for rec in recs:
     markers = rec.get("markers") or {}
-    if per_record == 0 or "response" not in rec or markers.get("task") not in tasks:
+    if "response" not in rec or markers.get("task") not in tasks:
       continue
     for words, n in choose_cuts(rec["response"], per_record):
       answer = rec["response"][:n]
