@@ -136,19 +136,18 @@ chat prompts whose response is longer than the limit, the reference length):
      702 marked examples: the answer still does not follow the value. Not adopted as the
      default (the variant stays for larger budgets). P1 at n=327 was started and stopped
      unfinished (the session's time), so no 327-prompt interval for L.
-  B160 (2026-12-07) the budget L left: the `:lengthaug` data, seed 1, markers run only, 160
-     steps (2.5x full; `train.num_train_steps=160`, the rest as full): training 48 min 39 s
-     idle, 1,678 examples seen (702 at 64 steps), marker-list loss 0.38 -> 0.06 (means of the
-     first / last fifth), response loss 2.45 -> 1.70. n=32, length_tokens fixed: inference
-     unchanged (domain 90.5%, task 100%, lang 96.9%); violations 18.8% [6.2, 34.4] against
-     the 64-step baseline of L asked in words 37.5%: -18.8 pts [-37.5, +0.0] paired, the
-     widest gap yet but not compute-matched (the baseline trained 64 steps). P2 (first 64
-     prompts, limits 10 / 40 / 160): the value copied 64/64 times, answers a median 8.0 /
-     9.0 / 8.0 words, 39 of 64 identical across the three, 5 of 64 longer at 160 than at 10
-     (violations 45.3 / 10.9 / 0.0%). So the fewer violations come from answers shorter
-     overall (median 11 words on the 32, 17.5 at 64 steps), not from following the value:
-     2.5x the budget does not teach the length lever either. Not adopted (a 160-step pair
-     would not fit the 90-minute full demo on 2 cores).
+  B160 (2026-12-07) the budget L left: the `:lengthaug` data, seed 1, markers run only, 160 steps
+     (2.5x full; `train.num_train_steps=160`, the rest as full): training 48 min 39 s idle, 1,678
+     examples seen (702 at 64 steps), marker-list loss 0.38 -> 0.06 (means of the first / last
+     fifth), response loss 2.45 -> 1.70. n=32, length_tokens fixed: inference domain 90.5%, task
+     100%, lang 100% (L's 64 steps: 90.5, 100, 90.6%); violations 18.8% [6.2, 34.4] against the
+     64-step baseline of L asked in words 37.5%: -18.8 pts [-37.5, +0.0] paired, the widest gap yet
+     but not compute-matched (the baseline trained 64 steps). P2 (first 64 prompts, limits 10 / 40 /
+     160): the value copied 64/64 times, answers a median 8.0 / 9.0 / 8.0 words, 39 of 64 identical
+     across the three, 5 of 64 longer at 160 than at 10 (violations 45.3 / 10.9 / 0.0%). So the
+     fewer violations come from answers shorter overall (median 11 words on the 32, 17.5 at 64
+     steps), not from following the value: 2.5x the budget does not teach the length lever either.
+     Not adopted (a 160-step pair would not fit the 90-minute full demo on 2 cores).
 """
 import ml_collections
 
