@@ -147,7 +147,11 @@ chat prompts whose response is longer than the limit, the reference length):
      across the three, 5 of 64 longer at 160 than at 10 (violations 45.3 / 10.9 / 0.0%). So the
      fewer violations come from answers shorter overall (median 11 words on the 32, 17.5 at 64
      steps), not from following the value: 2.5x the budget does not teach the length lever either.
-     Not adopted (a 160-step pair would not fit the 90-minute full demo on 2 cores).
+     Not adopted (a 160-step pair would not fit the 90-minute full demo on 2 cores). On all 327
+     prose prompts (P1's set, 15 min 21 s of decoding) B160 violates 34.3% [29.1, 39.4] n=327: no
+     better than the seed-1 baseline asked in words on the same prompts in P1 (36.4% [31.2, 41.3],
+     trained without the copies; unpaired), so the -18.8 on the 32 was the luck of the slice, as in
+     P1.
 """
 import ml_collections
 
