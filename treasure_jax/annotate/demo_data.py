@@ -292,8 +292,7 @@ def build(out_dir: str | os.PathLike, *, seed: int = 0, val_fraction: float = 0.
   """
   if not 0 <= val_fraction < 1:
     raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-  if length_variants < 0:  # Before the build, not after it.
-    raise ValueError(f"length_variants must be >= 0, got {length_variants}")
+  length_variants_lib.check_count(length_variants)  # Before the build, not after it.
   sources = tuple(sources)
   if "humaneval_train" in sources and not humaneval:
     raise ValueError("source humaneval_train needs humaneval=True (it trains on built items)")

@@ -44,13 +44,18 @@ def choose_cuts(answer: str, per_record: int) -> list[tuple[int, int]]:
   return sorted(chosen.items())
 
 
+def check_count(per_record: int) -> None:
+  """Raises for a copy count `make` refuses; callers check before slow work that precedes it."""
+  if per_record < 0:
+    raise ValueError(f"length_variants must be >= 0, got {per_record}")
+
+
 def make(recs: Iterable[Mapping[str, Any]], tax: taxonomy.Taxonomy, per_record: int, *,
          categories: Iterable[str] | None = None,
          tasks: Iterable[str] = TASKS) -> list[dict[str, Any]]:
   """The copies of `recs` (module docstring). `categories`: the marker categories the records
   keep (default: all of the taxonomy's); those in `RECOUNTED` are counted from the cut answer."""
-  if per_record < 0:
-    raise ValueError(f"length_variants must be >= 0, got {per_record}")
+  check_count(per_record)
   if per_record == 0:
     return []
   keep = set(tax.names if categories is None else categories)
