@@ -11,6 +11,10 @@ Variants (comma-separated, e.g. `quick,ablation`):
   lengthaug       the training split also gets up to 2 copies of each OpenEnded /
                   QuestionAnswering / Explanation example answered by its answer cut at
                   sentence ends, length markers recounted (experiment L below).
+  steer           the evaluation also asks the first 12 (quick) / 32 chat prompts at 10, 40
+                  and 160 words each (`every_limit`): the sweep report's "Does the asked
+                  length steer the answer?" table, experiment P2 as a report section
+                  (~6 more minutes of decoding at full).
   ablation        the paper's Table 7: marked models with p_d = 0, 0.5 and 0.7, no baseline;
                   only marker inference and length control are evaluated.
   ablation_pd0, ablation_pd07   one marked model with that p_d (compare with the main demo's
@@ -152,19 +156,37 @@ chat prompts whose response is longer than the limit, the reference length):
      better than the seed-1 baseline asked in words on the same prompts in P1 (36.4% [31.2, 41.3],
      trained without the copies; unpaired), so the -18.8 on the 32 was the luck of the slice, as in
      P1.
+  P1L (2026-12-07) the two 327-prompt figures B160 left, decoded from L's seed-1 checkpoints
+     (one sweep per model, /tmp/exp/p1_L.py, not in the repo: 985 s markers, 1,468 s baseline
+     while a test run shared the cores), paired by id in one report: L's marked model with
+     length_tokens 33.0% [27.8, 38.2] vs L's baseline asked in words 35.5% [30.3, 40.7],
+     -2.4 pts [-8.3, +3.4] n=327 (the 32 reported prompts gave -9.4); B160 against the same
+     baseline -1.2 pts [-7.0, +4.6] n=327 (paired now; the baseline trained 64 steps, B160 160).
+     Both models answer a median 7 words (B160 9); 82 of 327 answers of each L model cut at
+     max_new_tokens, 67 of B160's. No interval excludes 0: at 327 prompts neither the copies
+     nor 2.5x the steps lower violations measurably.
+  S (2026-12-07) the `steer` variant (P2 as a report section) on L's seed-1 workdir:
+     `treasure-jax demo --workdir W --config configs/demo.py:lengthaug,steer --config.seeds=(1,)`
+     ran only the 3 new stages (training and the other cells were finished): 15 min 8 s, 2.8
+     GiB peak RSS, while nothing else ran. The first 32 chat prompts at 10 / 40 / 160 words:
+     median words baseline asked in words 12.5 / 12 / 12, marked model asked in words 11.5 /
+     12.5 / 10.5, with length_tokens 17.5 / 13.5 / 19.5; longer at 160 than at 10: 15.6%,
+     18.8%, 12.5% [3.1, 25.0]; log2 ratio 0.04 [-0.26, 0.39], 0.02, 0.01 [-0.20, 0.22] n=32
+     against 4.00 for a model that follows; marker minus baseline -0.03 [-0.52, +0.42] paired.
+     The same finding as P2, now in the report: neither model steers length by the request.
 """
 import ml_collections
 
 from treasure_jax.annotate import demo_data
 from treasure_jax.model import convert
 
-VARIANTS = ("quick", "lengthaug", "ablation", "ablation_pd0", "ablation_pd07")
+VARIANTS = ("quick", "lengthaug", "steer", "ablation", "ablation_pd0", "ablation_pd07")
 
 
 def _task(**kw) -> ml_collections.ConfigDict:
   base = dict(kind="", data="", settings=("none",), limit=0, max_new_tokens=0,
               length_limits=(), nl_template="Answer in at most {n} words.", categories=(),
-              judge=False)
+              judge=False)  # every_limit (default off) only where set: older stages stay valid.
   return ml_collections.ConfigDict({**base, **kw})
 
 
@@ -204,7 +226,7 @@ def _train(quick: bool) -> ml_collections.ConfigDict:
   return c
 
 
-def _eval(quick: bool, ablation: bool) -> ml_collections.ConfigDict:
+def _eval(quick: bool, ablation: bool, steer: bool) -> ml_collections.ConfigDict:
   """A `sweep.run` config; the demo fills checkpoints, baselines and data_dir."""
   c = ml_collections.ConfigDict()
   c.train_files = ("train.jsonl",)
@@ -229,6 +251,10 @@ def _eval(quick: bool, ablation: bool) -> ml_collections.ConfigDict:
       chat=_task(kind="length", data="eval/length.jsonl", limit=12 if quick else 32,
                  max_new_tokens=256,
                  settings=("none", "nl_instruction", "fixed:length_tokens")))
+  if steer:
+    tasks["steer"] = _task(kind="length", data="eval/length.jsonl", limit=12 if quick else 32,
+                           max_new_tokens=256, length_limits=(10, 40, 160), every_limit=True,
+                           settings=("nl_instruction", "fixed:length_tokens"))
   if not ablation:
     # quick leaves out the domain+lang-given likelihood setting: each setting is ~73 s of
     # forward passes here, and without it the quick demo fits its 15 minutes.
@@ -292,5 +318,5 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # and their mean. One seed fits the full demo's 90 minutes on 2 cores; (0, 1) doubles it.
   c.seeds = (0,)
   c.runs = _runs(ablation)
-  c.eval = _eval(quick, bool(ablation))
+  c.eval = _eval(quick, bool(ablation), "steer" in names)
   return c

@@ -240,3 +240,16 @@ def test_demo_lengthaug_variant_changes_only_the_build():
   assert aug.build.length_variants == 2
   assert {k: v for k, v in aug.build.items() if k != "length_variants"} == dict(plain.build)
   assert aug.train == plain.train and aug.eval == plain.eval
+
+
+def test_demo_steer_variant_adds_only_the_every_limit_task():
+  from treasure_jax import demo  # pylint: disable=g-import-not-at-top
+  from treasure_jax.eval import sweep  # pylint: disable=g-import-not-at-top
+  _, plain = demo.load_config(quick=True)
+  _, steer = demo.load_config(quick=True, config=demo.default_config_path() + ":steer,lengthaug")
+  assert set(steer.eval.tasks) - set(plain.eval.tasks) == {"steer"}
+  task = steer.eval.tasks.steer
+  assert task.every_limit and tuple(task.length_limits) == (10, 40, 160) and task.limit == 12
+  assert steer.train == plain.train and steer.build.length_variants == 2
+  cfg = dict(steer.eval.to_dict(), checkpoints=("m=/ckpt",), taxonomy="")
+  assert sweep.resolve(cfg)[1]["steer"].every_limit

@@ -54,6 +54,10 @@ def test_resolve_names_bad_keys_and_settings():
       (_config(tasks={"x": dict(kind="length", data="v", decode={"presence_penalty": -5})}),
        "presence=-5"),
       (_config(judge={"url": "http://127.0.0.1:1/v1", "model": "m", "temp": 0}), "judge"),
+      (_config(tasks={"x": dict(kind="length", data="v", every_limit=True, length_limits=(5,))}),
+       r"tasks.x.every_limit: needs a length task with at least 2 distinct length_limits"),
+      (_config(tasks={"x": dict(kind="markers", data="v", every_limit=True,
+                                length_limits=(5, 9))}), "tasks.x.every_limit"),
   ]
   for raw, message in cases:
     with pytest.raises(ValueError, match=message):
@@ -204,7 +208,7 @@ def test_sweep_end_to_end_then_rerun_skips_every_cell(trained, tmp_path, monkeyp
     assert title in text, title
   cells_json = json.load(open(workdir / "report" / "cells.json", encoding="utf-8"))
   by_name = {c["name"]: c for c in cells_json}
-  assert len(by_name) == 13
+  assert len(by_name) == 14
 
   def records(name):
     return [json.loads(l) for l in open(os.path.join(
@@ -231,6 +235,12 @@ def test_sweep_end_to_end_then_rerun_skips_every_cell(trained, tmp_path, monkeyp
   nl = records("tiny/length/nl_instruction")
   assert [r["length_target"]["length_tokens"] for r in nl] == [5, 12, 5]
   assert by_name["tiny/length/fixed:length_tokens"]["metrics"]["length"]["available"]
+  # every_limit: each of the 2 prompts asked at 5 and at 20 words, the value given as the marker.
+  steer = records("tiny/steer/fixed:length_tokens")
+  assert [(r["id"].rpartition("@")[2], r["markers_given"]["length_tokens"]) for r in steer] == [
+      ("5", 5), ("20", 20), ("5", 5), ("20", 20)]
+  assert steer[0]["prompt"] == steer[1]["prompt"] != steer[2]["prompt"]
+  assert "| tiny/steer/fixed:length_tokens | length_tokens marker | 5 / 20 |" in text
   for name in ("tiny/codegen/fixed:task", "tiny/codefix/inferred"):
     rs = records(name)
     assert len(rs) == 2 and all(isinstance(r["scores"]["pass"], bool) for r in rs)

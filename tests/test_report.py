@@ -11,6 +11,7 @@ from matplotlib import image as mpimg
 
 from treasure_jax.eval import metrics
 from treasure_jax.eval import report
+from treasure_jax.eval import report_compare
 from treasure_jax.markers import stats
 from treasure_jax.markers import taxonomy
 
@@ -197,3 +198,45 @@ def test_report_of_a_demo_like_sweep_has_intervals_pairs_and_four_figures(tmp_pa
   for name in ("length_violations", "marker_accuracy", "head_tail", "length_scatter"):
     height, width = mpimg.imread(str(tmp_path / f"{name}.png")).shape[:2]
     assert 300 < height < 1600 and 500 < width < 1600, (name, height, width)
+
+
+def _steer_cell(name: str, words_of, setting: str = "fixed:length_tokens") -> dict:
+  """Ten prompts, each asked at 10, 40 and 160 words; `words_of(prompt, N)` words answered."""
+  records = [{"id": f"p{i}@{n}", "markers_given": {"length_tokens": n},
+              "response": _words(words_of(i, n))} for i in range(10) for n in (10, 40, 160)]
+  return {"name": name, "checkpoint": name, "task": "steer", "setting": setting,
+          "metrics": metrics.cell_metrics(records, tax=TAX, count_words=lambda t: len(t.split()))}
+
+
+def test_steering_tells_a_model_that_follows_the_value_from_one_that_follows_the_prompt(
+    tmp_path):
+  follows = _steer_cell("follows", lambda i, n: n - 1 - i % 3)
+  prompt = _steer_cell("prompt", lambda i, n: 5 + 3 * i)
+  mixed = _steer_cell("mixed", lambda i, n: n // 2 if i < 4 else 7)
+  s = report_compare.steering(follows)
+  assert s["n"] == 10 and s["limits"] == [10, 40, 160] and s["same_length"] == 0
+  assert s["median_words"] == {10: 8, 40: 38, 160: 158}
+  assert s["longer"]["value"] == 1.0 and s["log2_ratio"]["lo"] > 3.5
+  assert s["ideal_log2_ratio"] == 4.0
+  s = report_compare.steering(prompt)
+  assert s["same_length"] == 10 and s["longer"]["value"] == 0.0
+  assert s["log2_ratio"]["value"] == 0.0
+  s = report_compare.steering(mixed)
+  assert s["longer"]["value"] == pytest.approx(0.4)
+  assert s["longer"]["lo"] < 0.4 < s["longer"]["hi"] and s["longer"]["n"] == 10
+  # A prompt missing one of the limits is left out; a cell without `@N` ids has no steering.
+  follows["metrics"]["per_example"]["words"][0] = None
+  assert report_compare.steering(follows)["n"] == 9
+  assert report_compare.steering(_cells()[1]) is None
+  # The baseline asked in words: answers from the prompt alone; the marked model follows.
+  base = _steer_cell("base", lambda i, n: 5 + 3 * i, setting="nl_instruction")
+  d = report_compare.steering_difference(base, follows)
+  assert d["n"] == 9 and d["lo"] > 3.5
+  text = open(report.write([base, follows, prompt], str(tmp_path), baselines=("base",)),
+              encoding="utf-8").read()
+  assert "## Does the asked length steer the answer?" in text
+  assert ("| prompt | length_tokens marker | 10 / 40 / 160 | 18.5 / 18.5 / 18.5 | 10 of 10 | "
+          "0.0% [0.0, 0.0] n=10 | 0.00 [0.00, 0.00] n=10 (4.00 if followed) |") in text
+  assert "| follows | base | +4.1" in text and "| prompt | base | +0.00 [+0.00, +0.00] n=10 |" in text
+  assert "Does the asked length steer" not in open(
+      report.write(_cells(), str(tmp_path / "plain")), encoding="utf-8").read()

@@ -149,8 +149,8 @@ def check_no_variant(where: str, variant: str | None, why: str = "") -> None:
 def eval_task(**fields: Any) -> ml_collections.ConfigDict:
   """One `tasks.<name>` entry of an eval sweep: `fields` over the defaults (limit 0: all)."""
   base = dict(kind="", data="", settings=("inferred",), limit=0, max_new_tokens=0,
-              length_limits=(), nl_template="Answer in at most {n} words.", categories=(),
-              judge=False)
+              length_limits=(), every_limit=False, nl_template="Answer in at most {n} words.",
+              categories=(), judge=False)
   return ml_collections.ConfigDict({**base, **fields})
 
 

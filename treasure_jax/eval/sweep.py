@@ -56,6 +56,8 @@ class TaskConfig:
 
   limit: first N examples (0 = all). max_new_tokens: 0 = decode.max_new_tokens.
   length_limits: word limits cycled over the examples (length tasks; () = the reference's).
+  every_limit: ask every example at every one of `length_limits` instead (>= 2 of them; ids
+  become `<id>@<N>`): the report's test of whether the asked length steers the answer.
   categories: restrict marker metrics to these. judge: run the judge and reward model here.
   decode: this task's overrides of the `decode` section, e.g. {"frequency_penalty": 0.5} for
   prose while code keeps the plain loop (`task_decode`; keys are `DecodeConfig` fields).
@@ -66,6 +68,7 @@ class TaskConfig:
   limit: int = 0
   max_new_tokens: int = 0
   length_limits: tuple[int, ...] = ()
+  every_limit: bool = False
   nl_template: str = "Answer in at most {n} words."
   categories: tuple[str, ...] = ()
   judge: bool = False
@@ -216,6 +219,8 @@ class _Cell:
     merged in), not how the config spells it."""
     task = dataclasses.asdict(self.task)
     del task["decode"]
+    if not task["every_limit"]:  # Came later: off, it is left out (older cells stay valid).
+      del task["every_limit"]
     decode = dataclasses.asdict(task_decode(cfg.decode, self.task))
     # Penalties came later: off (0), they are left out, so cells made before them stay valid.
     for key in ("presence_penalty", "frequency_penalty"):
@@ -318,8 +323,11 @@ def _compute(ctx: _Context, cell: _Cell) -> tuple[list[dict[str, Any]], dict[str
     return likelihood.records(
         ctx.loaded.model, examples, setting, tax=tax, template=template, vocabulary=vocabulary,
         batch_size=ctx.cfg.nll_batch_size, origin=task.data), {}
-  targets: list[int | None] = ([None] * len(examples) if task.kind != "length" else
-                               cells.length_targets(examples, task.length_limits))
+  if task.every_limit:
+    examples, targets = cells.at_every_limit(examples, task.length_limits)
+  else:
+    targets = ([None] * len(examples) if task.kind != "length" else
+               cells.length_targets(examples, task.length_limits))
   decode = task_decode(ctx.cfg.decode, task)
   records, requests = cells.requests(
       examples, setting, task_kind=task.kind, targets=targets, tax=tax,
