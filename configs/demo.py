@@ -14,7 +14,7 @@ Variants (comma-separated, e.g. `quick,ablation`):
   steer           the evaluation also asks the first 12 (quick) / 32 chat prompts at 10, 40
                   and 160 words each (`every_limit`): the sweep report's "Does the asked
                   length steer the answer?" table, experiment P2 as a report section
-                  (~6 more minutes of decoding at full).
+                  (its 3 cells: 15 min 8 s of decoding at full, experiment S below).
   ablation        the paper's Table 7: marked models with p_d = 0, 0.5 and 0.7, no baseline;
                   only marker inference and length control are evaluated.
   ablation_pd0, ablation_pd07   one marked model with that p_d (compare with the main demo's
