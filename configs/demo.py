@@ -172,7 +172,7 @@ chat prompts whose response is longer than the limit, the reference length):
      median words baseline asked in words 12.5 / 12 / 12, marked model asked in words 11.5 /
      12.5 / 10.5, with length_tokens 17.5 / 13.5 / 19.5; longer at 160 than at 10: 15.6%,
      18.8%, 12.5% [3.1, 25.0]; log2 ratio 0.04 [-0.26, 0.39], 0.02, 0.01 [-0.20, 0.22] n=32
-     against 4.00 for a model that follows; marker minus baseline -0.03 [-0.52, +0.42] paired.
+     against ~4.00 if the length tracked N; marker minus baseline -0.03 [-0.52, +0.42] paired.
      The same finding as P2, now in the report: neither model steers length by the request.
 """
 import ml_collections

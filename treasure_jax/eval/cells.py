@@ -80,13 +80,22 @@ def check_task(where: str, task: Any, tax: taxonomy_lib.Taxonomy) -> None:
     raise ValueError(f"{where}.kind: {task.kind!r} is not one of {', '.join(TASK_KINDS)}")
   if not task.settings or len(set(task.settings)) != len(task.settings):
     raise ValueError(f"{where}.settings: {task.settings!r} must be non-empty and distinct")
+  limits = tuple(task.length_limits)
+  if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in limits):
+    raise ValueError(f"{where}.length_limits: {limits!r} must be positive integers")
+  if task.every_limit and (task.kind != "length" or len(limits) < 2
+                           or len(set(limits)) != len(limits)):
+    raise ValueError(f"{where}.every_limit: needs a length task with at least 2 distinct "
+                     f"length_limits (got kind {task.kind!r}, limits {limits})")
   for spec in task.settings:
     setting = parse_setting(spec, tax, f"{where}.settings")
     if setting.kind == "nl_instruction" and task.kind != "length":
       raise ValueError(f"{where}.settings: nl_instruction needs a length task")
-  if task.every_limit and (task.kind != "length" or len(set(task.length_limits)) < 2):
-    raise ValueError(f"{where}.every_limit: needs a length task with at least 2 distinct "
-                     f"length_limits (got kind {task.kind!r}, limits {tuple(task.length_limits)})")
+    if (task.every_limit and setting.kind not in ("none", "nl_instruction")
+        and "length_tokens" not in setting.markers):
+      raise ValueError(f"{where}.settings: {spec!r} never tells the model N, so every_limit "
+                       "would decode the same prompt once per limit; use none, "
+                       "nl_instruction or a setting with length_tokens")
   for category in task.categories:
     if category not in tax:
       raise ValueError(f"{where}.categories: unknown category {category!r}")

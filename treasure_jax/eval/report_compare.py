@@ -226,8 +226,8 @@ def steering(cell: Mapping) -> dict[str, Any] | None:
   """Does the asked length steer the answer? Over the prompts asked at every limit of the cell:
   median words per N, prompts answered with the same word count at every N, the share answered
   longer at the largest N than at the smallest, and the mean log2 ratio of those two answers'
-  (words + 1), whose value if the answer followed the request is about log2(max N / min N).
-  None when the cell was not run with `every_limit`."""
+  (words + 1): about log2(max N / min N) when the answer's length tracks N, 0 when it does not
+  change with N. None when the cell was not run with `every_limit`."""
   limits, full = _per_prompt(cell)
   if len(limits) < 2 or not full:
     return None
@@ -267,14 +267,17 @@ def steering_section(cells: Sequence[Mapping], baselines: Sequence[str] = ()) ->
                  f"{s['same_length']} of {s['n']}",
                  bootstrap.format_interval(s["longer"], pct=True),
                  bootstrap.format_interval(s["log2_ratio"], pct=False, digits=2)
-                 + f" ({s['ideal_log2_ratio']:.2f} if followed)"])
+                 + f" (~{s['ideal_log2_ratio']:.2f} if tracking N)"])
   if not rows:
     return []
   lines = ["## Does the asked length steer the answer? (each prompt at every limit)", "",
-           "The same prompts asked at each N; n = prompts. A model that follows the request "
-           "writes longer answers at the larger N: log2 ratio = mean over prompts of "
-           "log2((words at max N + 1) / (words at min N + 1)), about log2(max N / min N) if "
-           "it follows the request and 0 if the length comes from the prompt alone.", ""]
+           "The same prompts asked at each N; n = prompts. log2 ratio = mean over prompts of "
+           "log2((words at max N + 1) / (words at min N + 1)): about log2(max N / min N) when "
+           "the answer's length tracks N, 0 when it comes from the prompt alone (an answer "
+           "short enough for every N obeys \"at most N words\" and still scores 0). Below it, "
+           "each marked cell minus its baseline on that ratio, over the prompts both asked "
+           "(paired by prompt id); a length_tokens marker faces the baseline asked in words.",
+           ""]
   lines += _table(["cell", "mode", "N asked", "median words at each N",
                    "same length at every N", "longer at max N than min N",
                    "log2 ratio max / min N"], rows) + [""]
@@ -284,5 +287,6 @@ def steering_section(cells: Sequence[Mapping], baselines: Sequence[str] = ()) ->
            if (d := steering_difference(base, marked)) is not None]
   if diffs:
     lines += _table(["marked cell", "baseline cell",
-                     "log2 ratio difference (paired by prompt, 95% CI)"], diffs) + [""]
+                     "log2 ratio, marked minus baseline (paired by prompt, 95% CI)"],
+                    diffs) + [""]
   return lines
