@@ -31,7 +31,9 @@ Hardware: CPU, 2 cores, float32, no accelerator.
          With decode batch 12 (was 4), idle machine, 2026-12-06: the same figures, 15 min
          50 s, 13.3 GiB (data 36 s, training 188 + 185 s, evaluation 535 s); without the
          domain+lang likelihood setting (below): 14 min 58 s, 13.3 GiB (evaluation 465 s);
-         2026-12-07, the same figures: 15 min 16 s (training 219 + 187 s, evaluation 468 s).
+         2026-12-07, the same figures: 15 min 16 s (training 219 + 187 s, evaluation 468 s);
+         again after the every_limit change, the same figures: 17 min 59 s, 13.2 GiB (no
+         other job of ours running; the cause of the slower run not found).
   full   train 2 x 64 steps of 4 packed rows of 512 (~256 rows, ~116k tokens a run); eval 32
          chat prompts, 96 likelihood examples, 10 + 10 code problems. Measured 2026-12-03 from
          a clean clone while tests shared the cores: 82 min 21 s wall, 12.3 GiB peak RSS
