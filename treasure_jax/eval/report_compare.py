@@ -200,26 +200,24 @@ def length_scatter_section(cells: Sequence[Mapping], out_dir: str) -> list[str]:
           "violations.", "", f"![{png}]({png})", ""]
 
 
-def _words_by_prompt(cell: Mapping) -> dict[str, dict[int, int]]:
-  """{prompt id: {N asked: words produced}} of a cell run with `every_limit` (ids `<id>@<N>`)."""
+def _per_prompt(cell: Mapping) -> tuple[list[int], dict[str, dict[int, int]]]:
+  """(limits, {prompt id: {N: words}} of the prompts asked at every limit) of a cell run with
+  `every_limit` (ids `<id>@<N>`); no limits when it was not."""
   pe = cell["metrics"].get("per_example") or {}
-  out: dict[str, dict[int, int]] = {}
+  prompts: dict[str, dict[int, int]] = {}
   for i, t, w in zip(pe.get("id") or [], pe.get("target") or [], pe.get("words") or []):
     base, at, n = str(i).rpartition("@")
     if at and t is not None and w is not None and n == str(t):
-      out.setdefault(base, {})[int(t)] = int(w)
-  return out
-
-
-def _per_prompt(cell: Mapping) -> tuple[list[int], dict[str, dict[int, int]]]:
-  """(limits, the prompts asked at every one of them) of a cell run with `every_limit`."""
-  prompts = _words_by_prompt(cell)
+      prompts.setdefault(base, {})[int(t)] = int(w)
   limits = sorted({n for by_n in prompts.values() for n in by_n})
   return limits, {p: by_n for p, by_n in prompts.items() if len(by_n) == len(limits)}
 
 
-def _log_ratio(by_n: Mapping[int, int], lo: int, hi: int) -> float:
-  return math.log2((by_n[hi] + 1) / (by_n[lo] + 1))
+def _log_ratios(limits: Sequence[int], prompts: Mapping[str, Mapping[int, int]]
+                ) -> dict[str, float]:
+  """log2((words at max N + 1) / (words at min N + 1)) per prompt."""
+  lo, hi = limits[0], limits[-1]
+  return {p: math.log2((by_n[hi] + 1) / (by_n[lo] + 1)) for p, by_n in prompts.items()}
 
 
 def steering(cell: Mapping) -> dict[str, Any] | None:
@@ -237,20 +235,19 @@ def steering(cell: Mapping) -> dict[str, Any] | None:
           "median_words": {n: statistics.median(by_n[n] for by_n in rows) for n in limits},
           "same_length": sum(len(set(by_n.values())) == 1 for by_n in rows),
           "longer": bootstrap.mean([float(by_n[hi] > by_n[lo]) for by_n in rows]),
-          "log2_ratio": bootstrap.mean([_log_ratio(by_n, lo, hi) for by_n in rows]),
+          "log2_ratio": bootstrap.mean(list(_log_ratios(limits, full).values())),
           "ideal_log2_ratio": math.log2(hi / lo)}
 
 
 def steering_difference(base: Mapping, marked: Mapping) -> dict[str, Any] | None:
   """Marked minus baseline log2 ratio over the prompts both asked at the same limits (paired by
   prompt id); None when either cell has no steering or their limits differ."""
-  (limits_a, a), (limits_b, b) = _per_prompt(base), _per_prompt(marked)
-  shared = sorted(set(a) & set(b))
-  if len(limits_a) < 2 or limits_a != limits_b or not shared:
+  (limits, a), (limits_b, b) = _per_prompt(base), _per_prompt(marked)
+  if len(limits) < 2 or limits != limits_b or not set(a) & set(b):
     return None
-  lo, hi = limits_a[0], limits_a[-1]
-  return bootstrap.paired_difference([_log_ratio(a[p], lo, hi) for p in shared],
-                                     [_log_ratio(b[p], lo, hi) for p in shared])
+  ra, rb = _log_ratios(limits, a), _log_ratios(limits, b)
+  shared = sorted(set(a) & set(b))
+  return bootstrap.paired_difference([ra[p] for p in shared], [rb[p] for p in shared])
 
 
 def steering_section(cells: Sequence[Mapping], baselines: Sequence[str] = ()) -> list[str]:

@@ -201,6 +201,16 @@ def _slug(setting: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.=-]+", "_", setting)
 
 
+# Fields added after cells were first saved, with the value that leaves them out of a cell's
+# spec: at that value a cell made before the field existed stays finished.
+_TASK_ADDED_LATER = {"every_limit": False}
+_DECODE_ADDED_LATER = {"presence_penalty": 0.0, "frequency_penalty": 0.0}
+
+
+def _without_later_defaults(fields: dict[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in fields.items() if k not in later or v != later[k]}
+
+
 @dataclasses.dataclass(frozen=True)
 class _Cell:
   checkpoint: str
@@ -217,15 +227,10 @@ class _Cell:
   def spec(self, cfg: SweepConfig) -> str:
     """A hash of what the cell computes: the decoding it runs with (the task's overrides
     merged in), not how the config spells it."""
-    task = dataclasses.asdict(self.task)
+    task = _without_later_defaults(dataclasses.asdict(self.task), _TASK_ADDED_LATER)
     del task["decode"]
-    if not task["every_limit"]:  # Came later: off, it is left out (older cells stay valid).
-      del task["every_limit"]
-    decode = dataclasses.asdict(task_decode(cfg.decode, self.task))
-    # Penalties came later: off (0), they are left out, so cells made before them stay valid.
-    for key in ("presence_penalty", "frequency_penalty"):
-      if decode[key] == 0.0:
-        del decode[key]
+    decode = _without_later_defaults(dataclasses.asdict(task_decode(cfg.decode, self.task)),
+                                     _DECODE_ADDED_LATER)
     blob = json.dumps([self.path, task, self.setting,
                        decode, cfg.train_files, cfg.long_tail_threshold,
                        cfg.examples_per_cell, self.task.judge and (cfg.judge, cfg.reward)],
