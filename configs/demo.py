@@ -15,6 +15,11 @@ Variants (comma-separated, e.g. `quick,ablation`):
                   and 160 words each (`every_limit`): the sweep report's "Does the asked
                   length steer the answer?" table, experiment P2 as a report section
                   (its 3 cells: 15 min 8 s of decoding at full, experiment S below).
+  same_examples   example-matched instead of compute-matched: both runs read the training
+                  records in one order and every step's batch closes after 8 examples
+                  (`data.paired_order`, `data.examples_per_batch`), so the baseline trains on
+                  the same examples at the same steps, its rows holding more padding (the
+                  paper's "same data and schedule"; experiment E below).
   ablation        the paper's Table 7: marked models with p_d = 0, 0.5 and 0.7, no baseline;
                   only marker inference and length control are evaluated.
   ablation_pd0, ablation_pd07   one marked model with that p_d (compare with the main demo's
@@ -182,7 +187,8 @@ import ml_collections
 from treasure_jax.annotate import demo_data
 from treasure_jax.model import convert
 
-VARIANTS = ("quick", "lengthaug", "steer", "ablation", "ablation_pd0", "ablation_pd07")
+VARIANTS = ("quick", "lengthaug", "steer", "same_examples", "ablation", "ablation_pd0",
+            "ablation_pd07")
 
 
 def _task(**kw) -> ml_collections.ConfigDict:
@@ -316,6 +322,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.build.length_variants = 2
   c.eval_sample_seed = 0  # Order of the eval subsets (a hash of seed and id), never tuned.
   c.train = _train(quick)
+  if "same_examples" in names:
+    # Set only here, like length_variants: the default stage digests stay as they were.
+    c.train.data.paired_order = True
+    c.train.data.examples_per_batch = 8
   # Training seeds: every run once per seed (`demo.seeds`), the summary gives each seed's value
   # and their mean. One seed fits the full demo's 90 minutes on 2 cores; (0, 1) doubles it.
   c.seeds = (0,)

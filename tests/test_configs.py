@@ -253,3 +253,21 @@ def test_demo_steer_variant_adds_only_the_every_limit_task():
   assert steer.train == plain.train and steer.build.length_variants == 2
   cfg = dict(steer.eval.to_dict(), checkpoints=("m=/ckpt",), taxonomy="")
   assert sweep.resolve(cfg)[1]["steer"].every_limit
+
+
+def test_demo_same_examples_variant_changes_only_the_batching():
+  from treasure_jax import config_loader  # pylint: disable=g-import-not-at-top
+  from treasure_jax import demo  # pylint: disable=g-import-not-at-top
+  _, plain = demo.load_config(quick=True)
+  _, same = demo.load_config(quick=True, config=demo.default_config_path() + ":same_examples")
+  extra = {"paired_order", "examples_per_batch"}
+  assert not extra & set(plain.train.data)  # Default stage digests stay as they were.
+  assert same.train.data.paired_order and same.train.data.examples_per_batch == 8
+  assert {k: v for k, v in same.train.data.items() if k not in extra} == dict(plain.train.data)
+  assert same.build == plain.build and same.eval == plain.eval
+  # pylint: disable=protected-access
+  run = next(r for r in demo._runs(same) if r.variant == "baseline")
+  resolved = config_loader.resolve(demo._train_config(same, run, "/data"))
+  assert resolved.data.examples_per_batch == 8 and resolved.data.variant == "baseline"
+  sizes = demo._sizes(same, demo._runs(same), {"train": 10})["steps x batch"][0]
+  assert "each step 8 examples, the same for every run (example-matched)" in sizes

@@ -93,3 +93,15 @@ def test_errors():
   assert packer.try_add(_example("prompt-only", [1, 2, 3], markers=0, response=0))
   with pytest.raises(ValueError, match="no loss-bearing token; examples: prompt-only"):
     packer.build()
+
+
+def test_max_examples_closes_a_batch_with_room_left():
+  packer = features.RowPacker(2, 16, pack=True, max_examples=3)
+  for name in "abc":
+    assert packer.try_add(_example(name, [1, 2, 3], markers=0, response=1))
+  assert not packer.try_add(_example("d", [1, 2, 3], markers=0, response=1))  # Room, but 3.
+  batch = packer.build()
+  assert batch["segment_ids"].max(axis=1).sum() == 3 and (batch["segment_ids"] == 0).sum() > 16
+  assert packer.try_add(_example("d", [1, 2, 3], markers=0, response=1))  # The next batch.
+  with pytest.raises(ValueError, match="max_examples=-1 >= 0"):
+    features.RowPacker(2, 16, pack=True, max_examples=-1)

@@ -3,6 +3,7 @@ disjoint host shards, mixture rates, long-tail up-sampling, bad records, validat
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 
 import numpy as np
@@ -218,6 +219,13 @@ def test_config_from_dict():
     config.DataConfig(train_files=("a",), template="vicuna")
   with pytest.raises(ValueError, match="set `task` or"):
     config.DataConfig()
+  with pytest.raises(ValueError, match="examples_per_batch=-1 must be >= 0"):
+    config.DataConfig(train_files=("a",), examples_per_batch=-1)
+  with pytest.raises(ValueError, match="examples_per_batch=8 needs paired_order=True"):
+    config.DataConfig(train_files=("a",), examples_per_batch=8)
+  with pytest.raises(ValueError, match="examples_per_batch needs data.pipeline='seqio'"):
+    config.DataConfig(train_files=("a",), examples_per_batch=8, paired_order=True,
+                      pipeline="grain")
 
 
 @pytest.mark.slow
@@ -238,3 +246,56 @@ def test_process_exits_with_an_open_iterator(tmp_path, records):
   out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        timeout=300, check=True)
   assert "done" in out.stdout
+
+
+def _responses(batch):
+  """The sorted response token strings of a batch's examples (row order differs by length)."""
+  out = []
+  for row in range(batch["targets"].shape[0]):
+    for seg in range(1, int(batch["segment_ids"][row].max()) + 1):
+      keep = (batch["segment_ids"][row] == seg) & (batch["response_weights"][row] > 0)
+      out.append(batch["targets"][row][keep].tobytes())
+  return sorted(out)
+
+
+def _twins(cfg, bpe, n, **kw):
+  twins = []
+  for variant in ("baseline", "markers"):
+    c = dataclasses.replace(cfg, variant=variant, **kw)
+    twins.append(_take(iterator.make_train_iterator(c, vocab=bpe, global_batch_size=2,
+                                                    shard_info=ONE_HOST), n))
+  return twins
+
+
+def test_paired_twins_train_on_the_same_examples_at_the_same_steps(cfg, bpe):
+  # 16 records, 8 batches of 3: the pairing holds across the epoch boundary too.
+  base, marked = _twins(cfg, bpe, 8, paired_order=True, examples_per_batch=3)
+  for step, (b, m) in enumerate(zip(base, marked)):
+    assert len(_responses(b)) == len(_responses(m)) == 3, step
+    assert _responses(b) == _responses(m), step
+    assert m["loss_weights"].sum() > b["loss_weights"].sum()  # The marker lists.
+  # Each task shuffles by its own name without paired_order: same records, other order.
+  base, marked = _twins(cfg, bpe, 4, paired_order=False)
+  assert [_responses(b) for b in base] != [_responses(m) for m in marked]
+  # The cap is part of the resume fingerprint, both ways.
+  c = dataclasses.replace(cfg, paired_order=True, examples_per_batch=3)
+  it = iterator.make_train_iterator(c, vocab=bpe, global_batch_size=2, shard_info=ONE_HOST)
+  _take(it, 2)
+  state = json.loads(json.dumps(it.get_state()))
+  resumed = iterator.make_train_iterator(c, vocab=bpe, global_batch_size=2, shard_info=ONE_HOST)
+  resumed.set_state(state)
+  _assert_same(next(resumed), next(it))
+  plain = iterator.make_train_iterator(cfg, vocab=bpe, global_batch_size=2, shard_info=ONE_HOST)
+  with pytest.raises(ValueError, match="examples_per_batch=3, this iterator has None"):
+    plain.set_state(state)
+  with pytest.raises(ValueError, match="examples_per_batch=None, this iterator has 3"):
+    resumed.set_state(plain.get_state())
+  with pytest.raises(ValueError, match="not divisible by the 2 hosts"):
+    iterator.make_train_iterator(c, vocab=bpe, global_batch_size=2,
+                                 shard_info=seqio.ShardInfo(index=0, num_shards=2))
+
+
+def test_twin_key_drops_only_the_variant(cfg, bpe):
+  names = tasks.register_from_config(cfg, bpe)
+  keys = {tasks.twin_key(seqio.TaskRegistry.get(n)) for n in names.values()}
+  assert keys == {"itest_chatml:1.0.0"}

@@ -182,7 +182,7 @@ def test_demo_end_to_end_and_resume(tmp_path):
   assert cfg["train"]["data"]["pack"] is True
   seen = {r.name: r.result["examples_seen"] for r in first.stages if r.name.startswith("train/")}
   assert all(n >= 2 * 8 for n in seen.values()), seen  # 2 steps x 8 rows, >= 1 example a row.
-  assert "| examples seen | tokens seen |" in report
+  assert "| examples seen | tokens seen |" in report and "(compute-matched)" in report
   assert f"| {seen['train/markers']:,.0f} |" in report
 
   second = demo.run(workdir, quick=True, config_overrides=overrides, progress=False,

@@ -28,6 +28,17 @@ class DataConfig:
     p_dataset / p_sample: prompt-side dropout (whole list / per marker).
     seq_len: positions per row (an example may have seq_len + 1 tokens).
     pack: several examples per row.
+    paired_order: shuffle a marker task and its baseline twin by the name they share
+      (`tasks.twin_key`), so both runs read the records in the same order; off, each task
+      shuffles by its own name (two different orders of the same records). The Grain
+      pipeline's order never depends on the variant.
+    examples_per_batch: > 0 closes each step's batch (global, over all hosts) after that many
+      examples, even with room left in its rows; with `paired_order` (required), a run and its
+      twin then train on the same examples at the same steps, the paper's "same data and
+      schedule", although the baseline's examples are shorter (no marker lists): the same
+      rows and positions, so the same compute, the baseline's rows holding more padding.
+      0 = as many as fit (compute-matched: the baseline sees more examples). A batch still
+      closes early at an example that fits in no row.
     on_bad_record: "error" (raise naming file:line) or "skip" (drop and count).
     normalize: repair raw chats before validation (`annotate.normalize`: leading assistant
       turns, repeated roles, empty turns, ShareGPT roles), each repair counted.
@@ -52,6 +63,8 @@ class DataConfig:
   p_sample: float = 0.5
   seq_len: int = 2048
   pack: bool = True
+  paired_order: bool = False
+  examples_per_batch: int = 0
   on_bad_record: str = "error"
   normalize: bool = False
   on_overflow: str = "skip"
@@ -85,6 +98,15 @@ class DataConfig:
         raise ValueError(f"DataConfig.{key}={getattr(self, key)!r}: use {', '.join(allowed)}")
     if self.seq_len < 1 or self.shuffle_buffer < 1:
       raise ValueError("DataConfig: seq_len and shuffle_buffer must be positive")
+    if self.examples_per_batch < 0:
+      raise ValueError(f"DataConfig.examples_per_batch={self.examples_per_batch} must be >= 0 "
+                       "(0 = as many as fit)")
+    if self.examples_per_batch and not self.paired_order:
+      raise ValueError(f"DataConfig.examples_per_batch={self.examples_per_batch} needs "
+                       "paired_order=True: without it the twins read different examples")
+    if self.examples_per_batch and self.pipeline == "grain":
+      raise ValueError("DataConfig.examples_per_batch needs data.pipeline='seqio' (Grain's "
+                       "first-fit packer has no per-batch example cap)")
     if self.long_tail_boost < 1:
       raise ValueError(f"DataConfig.long_tail_boost={self.long_tail_boost} must be >= 1")
 

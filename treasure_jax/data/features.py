@@ -7,10 +7,10 @@ the prompt and on padding. `marker_weights + response_weights == loss_weights`, 
 report the two losses apart. Packed rows hold several examples: `segment_ids` (1, 2, ... per
 row; 0 = padding) and `positions` (restarting at 0) let attention keep them apart.
 
-`RowPacker` fills rows first-fit and closes a batch at the first example that fits nowhere;
-that example starts the next batch. A batch is thus a pure function of where it starts in the
-example stream, which is what makes `iterator`'s resume exact. Reading the stream is
-`iterator`'s job; tokenization `preprocessors`'.
+`RowPacker` fills rows first-fit and closes a batch at the first example that fits nowhere, or
+after `max_examples`; that example starts the next batch. A batch is thus a pure function of
+where it starts in the example stream, which is what makes `iterator`'s resume exact. Reading
+the stream is `iterator`'s job; tokenization `preprocessors`'.
 """
 from __future__ import annotations
 
@@ -36,16 +36,19 @@ class RowPacker:
     batch_size: rows (B, per host).
     seq_len: positions per row (T); an example needs len(targets) - 1 of them.
     pack: several examples per row (first fit) or one example per row.
+    max_examples: > 0 closes the batch after that many examples even with room left.
     marker_categories: when given, `build` adds per-row metadata for per-slice evaluation:
       `example_ids` and `markers/<category>` (object arrays of str, "" when absent); only
       meaningful without packing.
   """
 
-  def __init__(self, batch_size: int, seq_len: int, *, pack: bool,
+  def __init__(self, batch_size: int, seq_len: int, *, pack: bool, max_examples: int = 0,
                marker_categories: Sequence[str] | None = None):
-    if batch_size < 1 or seq_len < 1:
-      raise ValueError(f"batch_size={batch_size} and seq_len={seq_len} must be positive")
+    if batch_size < 1 or seq_len < 1 or max_examples < 0:
+      raise ValueError(f"batch_size={batch_size} and seq_len={seq_len} must be positive, "
+                       f"max_examples={max_examples} >= 0")
     self.batch_size, self.seq_len, self.pack = batch_size, seq_len, pack
+    self.max_examples = max_examples
     self.marker_categories = tuple(marker_categories) if marker_categories is not None else None
     self._reset()
 
@@ -63,11 +66,14 @@ class RowPacker:
     return len(self._examples)
 
   def try_add(self, example: Mapping[str, Any]) -> bool:
-    """Places `example` and returns True, or returns False if it fits in no row."""
+    """Places `example` and returns True, or returns False if it fits in no row or the batch
+    holds `max_examples`."""
     n = positions_needed(example)
     if n < 1 or n > self.seq_len:
       raise ValueError(f"example {_name(example)} needs {n} positions; a row has "
                        f"{self.seq_len} (and an example needs at least 2 tokens)")
+    if self.max_examples and len(self._examples) >= self.max_examples:
+      return False
     if self.pack:
       rows = (r for r in range(self.batch_size) if self._used[r] + n <= self.seq_len)
     else:

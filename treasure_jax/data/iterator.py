@@ -3,9 +3,10 @@ host-aligned for validation.
 
 Each host reads its own shard (`seqio.ShardInfo(jax.process_index(), jax.process_count())`).
 A task's examples come epoch by epoch: epoch e reads the shard in an order shuffled by
-hash(seed, task, e), numbers the records (`index`), and preprocesses them with the epoch known,
-so every epoch re-draws the prompt-side dropout. A mixture draws its k-th example from task
-hash(seed, k) by rate. The iterator position is therefore small and exact:
+hash(seed, task, e) (with `data.paired_order`, the name a task and its baseline twin share),
+numbers the records (`index`), and preprocesses them with the epoch known, so every epoch
+re-draws the prompt-side dropout. A mixture draws its k-th example from task hash(seed, k) by
+rate. The iterator position is therefore small and exact:
 
   {"tasks": {name: {"epoch", "position"}}, "draws": k, ...}
 
@@ -71,8 +72,11 @@ class TaskStream:
 
   def __init__(self, task: seqio.Task, *, split: str, shard_info: seqio.ShardInfo | None,
                seed: int, max_tokens: int, shuffle: bool, shuffle_buffer: int,
-               repeat: bool, shard_by_example: bool = False):
+               repeat: bool, shard_by_example: bool = False, order_key: str = ""):
+    """`order_key` names the shuffle order ("" = the task's name; twins that share one read
+    their records in the same order)."""
     self.task, self.split, self.shard_info, self.seed = task, split, shard_info, seed
+    self.order_key = order_key or task.name
     self.max_tokens, self.shuffle, self.shuffle_buffer = max_tokens, shuffle, shuffle_buffer
     self.repeat, self.shard_by_example = repeat, shard_by_example
     self.epoch, self.position = 0, 0
@@ -88,7 +92,7 @@ class TaskStream:
     source, shard = self.task.source, self.shard_info
     if shard is not None and shard.num_shards == 1:
       shard = None
-    seed = _epoch_seed(self.seed, self.task.name, self.epoch)
+    seed = _epoch_seed(self.seed, self.order_key, self.epoch)
     by_source = shard is not None and not self.shard_by_example and (
         source.supports_arbitrary_sharding
         or len(source.list_shards(self.split)) >= shard.num_shards)
@@ -261,10 +265,11 @@ class BatchIterator:
   def set_state(self, state: Mapping[str, Any]) -> None:
     if state.get("version") != STATE_VERSION:
       raise ValueError(f"iterator state version {state.get('version')} != {STATE_VERSION}")
-    for key, value in self._fingerprint.items():
-      if state["fingerprint"].get(key) != value:
-        raise ValueError(f"iterator state was saved with {key}={state['fingerprint'].get(key)!r}"
-                         f", this iterator has {value!r}; it cannot resume exactly")
+    saved = state["fingerprint"]
+    for key in sorted(set(self._fingerprint) | set(saved)):  # A key only one side has differs.
+      if saved.get(key) != self._fingerprint.get(key):
+        raise ValueError(f"iterator state was saved with {key}={saved.get(key)!r}, this "
+                         f"iterator has {self._fingerprint.get(key)!r}; it cannot resume exactly")
     self._stream.restore(state["stream"])
     self.batches = int(state["batches"])
     for stream in self._stream.streams:
@@ -305,9 +310,15 @@ def make_train_iterator(cfg: config_lib.DataConfig, *, vocab: seqio.Vocabulary,
   pairs = mixtures.task_rates(name, cfg.train_split)
   streams = [TaskStream(task, split=cfg.train_split, shard_info=shard_info, seed=seed,
                         max_tokens=seq_len + 1, shuffle=True,
-                        shuffle_buffer=cfg.shuffle_buffer, repeat=True) for task, _ in pairs]
-  packer = features.RowPacker(_local_batch_size(global_batch_size, shard_info), seq_len,
-                              pack=cfg.pack)
+                        shuffle_buffer=cfg.shuffle_buffer, repeat=True,
+                        order_key=tasks_lib.twin_key(task) if cfg.paired_order else "")
+             for task, _ in pairs]
+  per_host = _local_batch_size(global_batch_size, shard_info)
+  if cfg.examples_per_batch % shard_info.num_shards:
+    raise ValueError(f"data.examples_per_batch={cfg.examples_per_batch} is not divisible by "
+                     f"the {shard_info.num_shards} hosts")
+  packer = features.RowPacker(per_host, seq_len, pack=cfg.pack,
+                              max_examples=cfg.examples_per_batch // shard_info.num_shards)
   fingerprint = {"provider": name, "seq_len": seq_len, "global_batch_size": global_batch_size,
                  "shard": [shard_info.index, shard_info.num_shards], "seed": seed,
                  "pack": cfg.pack, "split": cfg.train_split,
@@ -315,6 +326,11 @@ def make_train_iterator(cfg: config_lib.DataConfig, *, vocab: seqio.Vocabulary,
                  # tf.data shuffles mix in TF's global seed (tf.random.set_seed): same order
                  # only with the same global seed.
                  "tf_global_seed": int(tf.compat.v1.get_seed(0)[0])}
+  # Only when set: states saved before these keys existed still resume.
+  if cfg.paired_order:
+    fingerprint["paired_order"] = True
+  if cfg.examples_per_batch:
+    fingerprint["examples_per_batch"] = cfg.examples_per_batch
   return BatchIterator(MixtureStream(streams, [r for _, r in pairs], seed), packer, fingerprint)
 
 

@@ -36,6 +36,19 @@ def task_name(source_name: str, template: str, variant: str, version: str = VERS
   return f"{source_name}_{template}_{variant}:{version}"
 
 
+def twin_key(task: seqio.Task) -> str:
+  """The name a marker task and its baseline twin share (`<source>_<template>:<version>`, the
+  variant left out); any other task's own name. `data.paired_order` shuffles by it."""
+  base, colon, version = task.name.rpartition(":")
+  try:
+    variant = options(task).variant
+  except ValueError:
+    return task.name
+  if variant in ("markers", "baseline") and base.endswith("_" + variant):
+    return f"{base[:-len(variant) - 1]}{colon}{version}"
+  return task.name
+
+
 def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
   # No EOS added here: the chat template writes the end-of-turn token (or the preprocessor
   # appends EOS), and it must carry loss weight like the rest of the completion.

@@ -200,6 +200,10 @@ def _sizes(cfg: ml_collections.ConfigDict, runs: Sequence[summary_lib.RunInfo],
            data_result: dict[str, Any]) -> dict[str, tuple[str, str]]:
   t, tasks = cfg.train, cfg.eval.tasks
   rows = "examples" if not t.data.pack else "packed rows"
+  cap = t.data.get("examples_per_batch", 0)
+  matched = (f"each step {cap} examples, the same for every run (example-matched)" if cap
+             else "as many examples as fit (compute-matched)" if t.data.pack
+             else "one example per row")
   dropout = ", ".join(f"{name}: p_d={r.p_dataset:g}, p_s={r.p_sample:g}"
                       for name, r in cfg.runs.items() if r.variant == "markers")
   evals = ", ".join(f"{name} {task.limit or 'all'}" for name, task in tasks.items())
@@ -208,8 +212,8 @@ def _sizes(cfg: ml_collections.ConfigDict, runs: Sequence[summary_lib.RunInfo],
                      f"{t.model.dtype}", "a 7B model"),
       "training set": (_training_set(data_result), "2.7M examples"),
       "steps x batch": (f"{t.num_train_steps} x {t.batch_size} = "
-                        f"{t.num_train_steps * t.batch_size} {rows} per run",
-                        "8,000 x 32"),
+                        f"{t.num_train_steps * t.batch_size} {rows} per run, " + matched,
+                        "8,000 x 32 examples, the baseline on the same data and schedule"),
       "seeds": (", ".join(map(str, seeds(cfg))) + " (every run once per seed; all reported)",
                 "not stated in method.md"),
       "sequence length": (f"{t.data.seq_len} tokens", "not stated in method.md"),
