@@ -6,7 +6,7 @@ its stages in order, each skipped when it finished earlier (`stages`):
   data                 the demo set and its marker statistics (echoed) (`data`)
   eval_subset          the validation examples the evaluation reads, in a fixed order
   train/<run>          `loop.train` of each run (baseline: no markers; markers: p_d, p_s) on
-                       the same examples and steps, once per seed of `cfg.seeds` (default
+                       the same training set and steps, once per seed of `cfg.seeds` (default
                        (train.seed,)); train.seed's runs keep their names (train/markers),
                        the others are train/<run>_s<seed>; an interrupted run resumes from
                        its last checkpoint
