@@ -19,8 +19,9 @@ Variants (comma-separated, e.g. `quick,ablation`):
   same_examples   example-matched instead of compute-matched: both runs read the training
                   records in one order and every step's batch closes after 8 examples
                   (`data.paired_order`, `data.examples_per_batch`), so the baseline trains on
-                  the same examples at the same steps, its rows holding more padding (the
-                  paper's "same data and schedule"; experiment E below).
+                  the same examples at (nearly) the same steps, its rows holding more padding
+                  (the paper's "same data and schedule"; a marked batch without room for its
+                  8th example closes early and the marked run trails; experiment E below).
   ablation        the paper's Table 7: marked models with p_d = 0, 0.5 and 0.7, no baseline;
                   only marker inference and length control are evaluated.
   ablation_pd0, ablation_pd07   one marked model with that p_d (compare with the main demo's

@@ -270,4 +270,4 @@ def test_demo_same_examples_variant_changes_only_the_batching():
   resolved = config_loader.resolve(demo._train_config(same, run, "/data"))
   assert resolved.data.examples_per_batch == 8 and resolved.data.variant == "baseline"
   sizes = demo._sizes(same, demo._runs(same), {"train": 10})["steps x batch"][0]
-  assert "each step 8 examples, the same for every run (example-matched)" in sizes
+  assert "each step at most 8 examples of one stream (example-matched)" in sizes

@@ -295,7 +295,30 @@ def test_paired_twins_train_on_the_same_examples_at_the_same_steps(cfg, bpe):
                                  shard_info=seqio.ShardInfo(index=0, num_shards=2))
 
 
-def test_twin_key_drops_only_the_variant(cfg, bpe):
-  names = tasks.register_from_config(cfg, bpe)
+def test_paired_twins_after_an_early_close_read_one_stream(cfg, bpe):
+  """A marked batch without room for its K-th example closes early; the marked run then trails
+  the baseline by the examples it left, but reads the same stream: every example it trains on
+  is one the baseline trained on by that step."""
+  base, marked = _twins(cfg, bpe, 6, paired_order=True, examples_per_batch=4)
+  counts = [len(_responses(m)) for m in marked]
+  assert all(len(_responses(b)) == 4 for b in base) and min(counts) < 4, counts
+  seen_base, seen_marked = collections.Counter(), collections.Counter()
+  for b, m in zip(base, marked):
+    seen_base.update(_responses(b))
+    seen_marked.update(_responses(m))
+    assert not seen_marked - seen_base
+
+
+def test_twin_key_drops_only_the_variant(bpe, records):
+  recs = [dict(r, markers=dict(r["markers"], domain="Legal" if i % 10 == 0 else "Conversation"))
+          for i, r in enumerate(records[:40])]
+  names = tasks.register_marker_tasks("twins", sources.records_source({"train": recs}),
+                                      vocabulary=bpe, on_overflow="truncate")
   keys = {tasks.twin_key(seqio.TaskRegistry.get(n)) for n in names.values()}
-  assert keys == {"itest_chatml:1.0.0"}
+  assert keys == {"twins_chatml:1.0.0"}
+  tails = set()
+  for name in names.values():  # The long-tail copy of each twin shares a key too.
+    mix = mixtures.register_long_tail(name, boost=4.0, taxonomy=taxonomy.default_taxonomy(),
+                                      threshold=0.15)
+    tails |= {tasks.twin_key(t) for t in seqio.get_mixture_or_task(mix).tasks}
+  assert tails == {"twins_chatml:1.0.0", "twins_chatml_tail:1.0.0"}

@@ -34,11 +34,13 @@ class DataConfig:
       pipeline's order never depends on the variant.
     examples_per_batch: > 0 closes each step's batch (global, over all hosts) after that many
       examples, even with room left in its rows; with `paired_order` (required), a run and its
-      twin then train on the same examples at the same steps, the paper's "same data and
+      twin then train on one stream of examples, K a step, the paper's "same data and
       schedule", although the baseline's examples are shorter (no marker lists): the same
       rows and positions, so the same compute, the baseline's rows holding more padding.
-      0 = as many as fit (compute-matched: the baseline sees more examples). A batch still
-      closes early at an example that fits in no row.
+      A batch still closes early at an example that fits in no row (more often for the longer
+      marked examples); from then on that run trails its twin by the examples it left, which
+      the per-step `examples` metric shows. Choose K the rows hold. 0 = as many as fit
+      (compute-matched: the baseline sees more examples).
     on_bad_record: "error" (raise naming file:line) or "skip" (drop and count).
     normalize: repair raw chats before validation (`annotate.normalize`: leading assistant
       turns, repeated roles, empty turns, ShareGPT roles), each repair counted.

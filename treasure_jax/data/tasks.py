@@ -15,6 +15,7 @@ Every task has one preprocessor (`preprocessors.chat_preprocessor`) and one outp
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -37,16 +38,17 @@ def task_name(source_name: str, template: str, variant: str, version: str = VERS
 
 
 def twin_key(task: seqio.Task) -> str:
-  """The name a marker task and its baseline twin share (`<source>_<template>:<version>`, the
-  variant left out); any other task's own name. `data.paired_order` shuffles by it."""
+  """The name a marker task and its baseline twin share: `<source>_<template>:<version>` (or
+  `..._tail:<version>` for `mixtures.register_long_tail`'s copy), the variant left out; any
+  other task's own name. `data.paired_order` shuffles by it."""
   base, colon, version = task.name.rpartition(":")
   try:
     variant = options(task).variant
   except ValueError:
     return task.name
-  if variant in ("markers", "baseline") and base.endswith("_" + variant):
-    return f"{base[:-len(variant) - 1]}{colon}{version}"
-  return task.name
+  if variant not in ("markers", "baseline"):
+    return task.name
+  return re.sub(rf"_{variant}(?=(_tail)?$)", "", base, count=1) + colon + version
 
 
 def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:

@@ -201,7 +201,7 @@ def _sizes(cfg: ml_collections.ConfigDict, runs: Sequence[summary_lib.RunInfo],
   t, tasks = cfg.train, cfg.eval.tasks
   rows = "examples" if not t.data.pack else "packed rows"
   cap = t.data.get("examples_per_batch", 0)
-  matched = (f"each step {cap} examples, the same for every run (example-matched)" if cap
+  matched = (f"each step at most {cap} examples of one stream (example-matched)" if cap
              else "as many examples as fit (compute-matched)" if t.data.pack
              else "one example per row")
   dropout = ", ".join(f"{name}: p_d={r.p_dataset:g}, p_s={r.p_sample:g}"
