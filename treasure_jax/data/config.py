@@ -38,8 +38,9 @@ class DataConfig:
       schedule", although the baseline's examples are shorter (no marker lists): the same
       rows and positions, so the same compute, the baseline's rows holding more padding.
       A batch still closes early at an example that fits in no row (more often for the longer
-      marked examples); from then on that run trails its twin by the examples it left, which
-      the per-step `examples` metric shows. Choose K the rows hold. 0 = as many as fit
+      marked examples), and an example skipped in one variant only (on_overflow="skip") is
+      missing from that run; from then on it trails its twin by those examples, which the
+      per-step `examples` metric shows. Choose K the rows hold. 0 = as many as fit
       (compute-matched: the baseline sees more examples).
     on_bad_record: "error" (raise naming file:line) or "skip" (drop and count).
     normalize: repair raw chats before validation (`annotate.normalize`: leading assistant
