@@ -291,11 +291,16 @@ class BatchIterator:
     self.close()
 
 
-def _local_batch_size(global_batch_size: int, shard_info: seqio.ShardInfo) -> int:
-  if global_batch_size % shard_info.num_shards:
-    raise ValueError(f"global_batch_size {global_batch_size} is not divisible by the "
-                     f"{shard_info.num_shards} hosts")
-  return global_batch_size // shard_info.num_shards
+def _per_host(count: int, shard_info: seqio.ShardInfo, what: str = "global_batch_size ") -> int:
+  """This host's share of a global count (`what` names it in the error)."""
+  if count % shard_info.num_shards:
+    raise ValueError(f"{what}{count} is not divisible by the {shard_info.num_shards} hosts")
+  return count // shard_info.num_shards
+
+
+# Fingerprint keys added after states were first saved, with the value that leaves them out:
+# at that value a state saved before the key existed still resumes.
+_ADDED_LATER = {"paired_order": False, "examples_per_batch": 0}
 
 
 def make_train_iterator(cfg: config_lib.DataConfig, *, vocab: seqio.Vocabulary,
@@ -313,12 +318,9 @@ def make_train_iterator(cfg: config_lib.DataConfig, *, vocab: seqio.Vocabulary,
                         shuffle_buffer=cfg.shuffle_buffer, repeat=True,
                         order_key=tasks_lib.twin_key(task) if cfg.paired_order else "")
              for task, _ in pairs]
-  per_host = _local_batch_size(global_batch_size, shard_info)
-  if cfg.examples_per_batch % shard_info.num_shards:
-    raise ValueError(f"data.examples_per_batch={cfg.examples_per_batch} is not divisible by "
-                     f"the {shard_info.num_shards} hosts")
-  packer = features.RowPacker(per_host, seq_len, pack=cfg.pack,
-                              max_examples=cfg.examples_per_batch // shard_info.num_shards)
+  packer = features.RowPacker(
+      _per_host(global_batch_size, shard_info), seq_len, pack=cfg.pack,
+      max_examples=_per_host(cfg.examples_per_batch, shard_info, "data.examples_per_batch="))
   fingerprint = {"provider": name, "seq_len": seq_len, "global_batch_size": global_batch_size,
                  "shard": [shard_info.index, shard_info.num_shards], "seed": seed,
                  "pack": cfg.pack, "split": cfg.train_split,
@@ -326,11 +328,8 @@ def make_train_iterator(cfg: config_lib.DataConfig, *, vocab: seqio.Vocabulary,
                  # tf.data shuffles mix in TF's global seed (tf.random.set_seed): same order
                  # only with the same global seed.
                  "tf_global_seed": int(tf.compat.v1.get_seed(0)[0])}
-  # Only when set: states saved before these keys existed still resume.
-  if cfg.paired_order:
-    fingerprint["paired_order"] = True
-  if cfg.examples_per_batch:
-    fingerprint["examples_per_batch"] = cfg.examples_per_batch
+  fingerprint.update({k: getattr(cfg, k) for k, off in _ADDED_LATER.items()
+                      if getattr(cfg, k) != off})
   return BatchIterator(MixtureStream(streams, [r for _, r in pairs], seed), packer, fingerprint)
 
 
@@ -359,7 +358,7 @@ def make_eval_iterator(cfg: config_lib.DataConfig, *, vocab: seqio.Vocabulary,
   seq_len = seq_len or cfg.seq_len
   name = task or tasks_lib.register_from_config(cfg, vocab)[cfg.variant]
   provider = seqio.TaskRegistry.get(name)
-  local = _local_batch_size(global_batch_size, shard_info)
+  local = _per_host(global_batch_size, shard_info)
   stream = TaskStream(provider, split=cfg.eval_split, shard_info=shard_info, seed=cfg.seed,
                       max_tokens=seq_len + 1, shuffle=False, shuffle_buffer=1, repeat=False,
                       shard_by_example=True)  # So that hosts differ by one example at most.
