@@ -40,7 +40,7 @@ import jax
 import pytest
 
 from treasure_jax import config_loader
-from treasure_jax.eval import sweep
+from treasure_jax.eval import sweep_config
 from treasure_jax.model import config as model_config
 from treasure_jax.model import gguf
 from treasure_jax.model import hf_config
@@ -192,7 +192,7 @@ def test_demo_config_matches_its_base_model(quick):
 
 @pytest.mark.parametrize("spec", EVAL)
 def test_eval_configs_resolve(spec):
-  cfg, tasks, checkpoints = sweep.resolve(config_loader.load(_path(spec)))
+  cfg, tasks, checkpoints = sweep_config.resolve(config_loader.load(_path(spec)))
   assert {t.kind for t in tasks.values()} == {"markers", "length", "likelihood", "code"}
   assert all(b in checkpoints for b in cfg.baselines)
   if "smollm2" not in spec:
@@ -244,7 +244,6 @@ def test_demo_lengthaug_variant_changes_only_the_build():
 
 def test_demo_steer_variant_adds_only_the_every_limit_task():
   from treasure_jax import demo  # pylint: disable=g-import-not-at-top
-  from treasure_jax.eval import sweep  # pylint: disable=g-import-not-at-top
   _, plain = demo.load_config(quick=True)
   _, steer = demo.load_config(quick=True, config=demo.default_config_path() + ":steer,lengthaug")
   assert set(steer.eval.tasks) - set(plain.eval.tasks) == {"steer"}
@@ -252,7 +251,7 @@ def test_demo_steer_variant_adds_only_the_every_limit_task():
   assert task.every_limit and tuple(task.length_limits) == (10, 40, 160) and task.limit == 12
   assert steer.train == plain.train and steer.build.length_variants == 2
   cfg = dict(steer.eval.to_dict(), checkpoints=("m=/ckpt",), taxonomy="")
-  assert sweep.resolve(cfg)[1]["steer"].every_limit
+  assert sweep_config.resolve(cfg)[1]["steer"].every_limit
 
 
 def test_demo_same_examples_variant_changes_only_the_batching():

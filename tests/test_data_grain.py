@@ -15,7 +15,7 @@ import seqio
 from treasure_jax.data import config
 from treasure_jax.data import features
 from treasure_jax.data import grain_pipeline
-from treasure_jax.data import iterator
+from treasure_jax.data import streams
 from treasure_jax.data import tasks
 from treasure_jax.data import testing
 
@@ -49,10 +49,10 @@ def test_examples_equal_seqio_per_id_and_epoch(cfg, bpe):
   dropout draw included); only the order differs (global shuffle vs tf.data's buffer)."""
   n = len(grain_pipeline.JsonlSource(list(cfg.train_files)))
   name = tasks.register_from_config(cfg, bpe)["markers"]
-  stream = iterator.TaskStream(seqio.TaskRegistry.get(name), split="train",
-                               shard_info=seqio.ShardInfo(0, 1), seed=cfg.seed,
-                               max_tokens=cfg.seq_len + 1, shuffle=True,
-                               shuffle_buffer=cfg.shuffle_buffer, repeat=True)
+  stream = streams.TaskStream(seqio.TaskRegistry.get(name), split="train",
+                              shard_info=seqio.ShardInfo(0, 1), seed=cfg.seed,
+                              max_tokens=cfg.seq_len + 1, shuffle=True,
+                              shuffle_buffer=cfg.shuffle_buffer, repeat=True)
   seqio_out = {}
   while (ex := stream.peek())["epoch"] < 2:
     seqio_out[(ex["id"].decode(), int(ex["epoch"]))] = ex

@@ -16,6 +16,7 @@ from treasure_jax.data import iterator
 from treasure_jax.data import mixtures
 from treasure_jax.data import preprocessors
 from treasure_jax.data import sources
+from treasure_jax.data import streams
 from treasure_jax.data import tasks
 from treasure_jax.data import testing
 from treasure_jax.markers import taxonomy
@@ -78,9 +79,9 @@ def test_resume_is_exact_across_epochs(cfg, bpe):
 
 def test_every_epoch_redraws_prompt_markers(cfg, bpe):
   tasks.register_from_config(cfg, bpe)
-  stream = iterator.TaskStream(seqio.TaskRegistry.get("itest_chatml_markers:1.0.0"),
-                               split="train", shard_info=ONE_HOST, seed=1, max_tokens=10_000,
-                               shuffle=True, shuffle_buffer=16, repeat=True)
+  stream = streams.TaskStream(seqio.TaskRegistry.get("itest_chatml_markers:1.0.0"),
+                              split="train", shard_info=ONE_HOST, seed=1, max_tokens=10_000,
+                              shuffle=True, shuffle_buffer=16, repeat=True)
   seen = collections.defaultdict(dict)
   while True:
     ex = stream.peek()
@@ -110,10 +111,10 @@ def test_host_shards_are_disjoint_and_cover(tmp_path, records, bpe, by_file):
                                      on_overflow="truncate")["markers"]
   ids = []
   for index in range(2):
-    stream = iterator.TaskStream(seqio.TaskRegistry.get(name), split="train",
-                                 shard_info=seqio.ShardInfo(index, 2), seed=0,
-                                 max_tokens=10_000, shuffle=True, shuffle_buffer=8,
-                                 repeat=False)
+    stream = streams.TaskStream(seqio.TaskRegistry.get(name), split="train",
+                                shard_info=seqio.ShardInfo(index, 2), seed=0,
+                                max_tokens=10_000, shuffle=True, shuffle_buffer=8,
+                                repeat=False)
     host = []
     while (ex := stream.peek()) is not None:
       host.append(ex["id"].decode())

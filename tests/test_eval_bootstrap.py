@@ -95,12 +95,13 @@ def test_paired_difference_pairs_by_example_id():
 
 def test_sweep_backfills_per_example_values_of_older_cells(tmp_path):
   from treasure_jax.eval import sweep  # pylint: disable=g-import-not-at-top
+  from treasure_jax.eval import sweep_config  # pylint: disable=g-import-not-at-top
   import json  # pylint: disable=g-import-not-at-top
   records = _records(0.0, ["a", "b", "c"])
   (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-  task = sweep.TaskConfig(kind="likelihood", data="v.jsonl")
+  task = sweep_config.TaskConfig(kind="likelihood", data="v.jsonl")
   cell = sweep._Cell("m", "/ckpt", "lik", task, "none", str(tmp_path))  # pylint: disable=protected-access
-  cfg, _, _ = sweep.resolve({"checkpoints": ("m=/ckpt",), "tasks": {"lik": {
+  cfg, _, _ = sweep_config.resolve({"checkpoints": ("m=/ckpt",), "tasks": {"lik": {
       "kind": "likelihood", "data": "v.jsonl"}}})
   old = {"name": "m/lik/none", "metrics": {"n_records": 3}}
   new = sweep._with_per_example(old, cell, cfg)  # pylint: disable=protected-access

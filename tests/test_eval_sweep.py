@@ -20,6 +20,7 @@ from treasure_jax.data import chat_templates
 from treasure_jax.data import testing as data_testing
 from treasure_jax.eval import cells
 from treasure_jax.eval import sweep
+from treasure_jax.eval import sweep_config
 from treasure_jax.markers import taxonomy as taxonomy_lib
 from treasure_jax.markers import template
 
@@ -33,7 +34,7 @@ def _config(**changes) -> dict:
 
 
 def test_resolve_names_bad_keys_and_settings():
-  cfg, tasks, ckpts = sweep.resolve(_config(data_dir="/data"))
+  cfg, tasks, ckpts = sweep_config.resolve(_config(data_dir="/data"))
   assert ckpts == {"a": "/ckpt/a"} and tasks["length"].data == "/data/v.jsonl"
   cases = [
       (_config(decod={}), "unknown config key 'decod'"),
@@ -68,7 +69,7 @@ def test_resolve_names_bad_keys_and_settings():
   ]
   for raw, message in cases:
     with pytest.raises(ValueError, match=message):
-      sweep.resolve(raw)
+      sweep_config.resolve(raw)
 
 
 def test_parse_setting():
@@ -273,7 +274,7 @@ def test_sweep_end_to_end_then_rerun_skips_every_cell(trained, tmp_path, monkeyp
 
 def test_a_changed_cell_spec_is_not_finished(demo, tmp_path):
   ckpt = str(demo / "no_checkpoint_needed")
-  cfg, tasks, ckpts = sweep.resolve(_eval_config(ckpt))
+  cfg, tasks, ckpts = sweep_config.resolve(_eval_config(ckpt))
   plan = sweep._plan(cfg, tasks, ckpts, str(tmp_path))
   cell = plan[0]
   os.makedirs(cell.directory)
@@ -285,22 +286,22 @@ def test_a_changed_cell_spec_is_not_finished(demo, tmp_path):
       cell.task, kind="length", length_limits=(5, 9), every_limit=True))
   assert steer.spec(cfg) != dataclasses.replace(
       steer, task=dataclasses.replace(steer.task, every_limit=False)).spec(cfg)
-  other = sweep.resolve(config_loader.apply_overrides(
+  other = sweep_config.resolve(config_loader.apply_overrides(
       _eval_config(ckpt), ["--config.decode.max_new_tokens=8"]))[0]
   assert sweep._finished(cell, other) is None
   # A task's decode override is that task's: it changes its cells' spec and decode config.
   raw = _eval_config(ckpt)
   task = next(iter(raw.tasks))
   raw.tasks[task].decode = {"frequency_penalty": 0.5}
-  cfg2, tasks2, _ = sweep.resolve(raw)
-  decode = sweep.task_decode(cfg2.decode, tasks2[task])
+  cfg2, tasks2, _ = sweep_config.resolve(raw)
+  decode = sweep_config.task_decode(cfg2.decode, tasks2[task])
   assert decode.frequency_penalty == 0.5 and decode.max_new_tokens == cfg.decode.max_new_tokens
-  assert sweep.task_decode(cfg.decode, tasks[task]) is cfg.decode
+  assert sweep_config.task_decode(cfg.decode, tasks[task]) is cfg.decode
   changed = [c for c in sweep._plan(cfg2, tasks2, ckpts, str(tmp_path)) if c.name == cell.name]
   assert changed[0].spec(cfg2) != cell.spec(cfg)
   # The spec hashes what runs: an override equal to the decode section changes nothing.
   raw.tasks[task].decode = {"frequency_penalty": 0.0, "batch_size": cfg.decode.batch_size}
-  cfg3, tasks3, _ = sweep.resolve(raw)
+  cfg3, tasks3, _ = sweep_config.resolve(raw)
   same = [c for c in sweep._plan(cfg3, tasks3, ckpts, str(tmp_path)) if c.name == cell.name]
   assert same[0].spec(cfg3) == cell.spec(cfg)
 

@@ -10,7 +10,7 @@ row; 0 = padding) and `positions` (restarting at 0) let attention keep them apar
 `RowPacker` fills rows first-fit and closes a batch at the first example that fits nowhere, or
 after `max_examples`; that example starts the next batch. A batch is thus a pure function of
 where it starts in the example stream, which is what makes `iterator`'s resume exact. Reading
-the stream is `iterator`'s job; tokenization `preprocessors`'.
+the stream is `streams`' job; tokenization `preprocessors`'.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Rates are seqio's: a number, or a function of the task (`rate_num_examples`, i.e
 `mixing_rate_num_examples` with a temperature). Long-tail up-sampling adds, next to a task, its
 `_tail` twin (the same examples filtered to those carrying a long-tail marker value per
 `markers.stats`), mixed so that every tail example is drawn `boost` times as often as a head
-example. Sampling itself (deterministic, resumable) is `iterator`'s job.
+example. Sampling itself (deterministic, resumable) is `streams`' job.
 """
 from __future__ import annotations
 

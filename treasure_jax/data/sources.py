@@ -8,7 +8,7 @@
 - `records_source`: in-memory records (tests, small evaluation sets).
 
 Every source emits the same two string features, so one `preprocessors.chat_preprocessor`
-parses and validates them all. Sharding across hosts and per-epoch order are `iterator`'s job.
+parses and validates them all. Sharding across hosts and per-epoch order are `streams`' job.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def records_source(records_by_split: Mapping[str, Sequence[Mapping[str, Any]]],
              for split, records in records_by_split.items()}
 
   def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-    del shuffle_files, seed  # Order is `iterator`'s job.
+    del shuffle_files, seed  # Order is `streams`' job.
     lines = encoded[split]
     origins = [f"{name}/{split}#{i}" for i in range(len(lines))]
     return tf.data.Dataset.from_tensor_slices(

@@ -75,7 +75,7 @@ def parse_setting(spec: str, tax: taxonomy_lib.Taxonomy, where: str) -> Setting:
 
 
 def check_task(where: str, task: Any, tax: taxonomy_lib.Taxonomy) -> None:
-  """Start-up checks of a task section (`sweep.TaskConfig`); errors name `where`."""
+  """Start-up checks of a task section (`sweep_config.TaskConfig`); errors name `where`."""
   if task.kind not in TASK_KINDS:
     raise ValueError(f"{where}.kind: {task.kind!r} is not one of {', '.join(TASK_KINDS)}")
   if not task.settings or len(set(task.settings)) != len(task.settings):

@@ -36,7 +36,7 @@ class DecodeConfig:
   Prompts are padded to a multiple of `prompt_bucket` tokens: each (bucket, max_new_tokens)
   pair compiles the decode loop once, so a large bucket trades prefill work for compiles.
   presence_penalty / frequency_penalty: `decode.sampling.Penalties` (0 = off), on free text.
-  A task may override any of these fields (`sweep.TaskConfig.decode`).
+  A task may override any of these fields (`sweep_config.TaskConfig.decode`).
   """
   batch_size: int = 8
   max_new_tokens: int = 256

@@ -1,8 +1,8 @@
 """`treasure-jax eval`: checkpoints × evaluation tasks × marker settings, then one report.
 
-`run(config, workdir)` resolves the eval config (an ml_collections file: `SweepConfig`, with a
-`TaskConfig` per task, `DecodeConfig`, the judge and reward sections; an unknown key fails at
-start-up, named) and runs every cell in a fixed order, baseline checkpoints first:
+`run(config, workdir)` resolves the eval config (`sweep_config`: an ml_collections file with a
+section per task, the decode, judge and reward sections; an unknown key fails at start-up,
+named) and runs every cell in a fixed order, baseline checkpoints first:
 
   workdir/config.json                                     the resolved config
   workdir/cells/<checkpoint>/<task>/<setting>/records.jsonl  per-example results
@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -41,134 +41,12 @@ from treasure_jax.eval import judge as judge_lib
 from treasure_jax.eval import likelihood
 from treasure_jax.eval import metrics as metrics_lib
 from treasure_jax.eval import report
+from treasure_jax.eval import sweep_config
 from treasure_jax.markers import stats
 from treasure_jax.markers import taxonomy as taxonomy_lib
 from treasure_jax.model import sharding
 from treasure_jax.train import checkpoint
 from treasure_jax.train import distributed as distributed_lib
-
-_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskConfig:
-  """One evaluation task (see `cells` for kinds and setting syntax).
-
-  limit: first N examples (0 = all). max_new_tokens: 0 = decode.max_new_tokens.
-  length_limits: word limits cycled over the examples (length tasks; () = the reference's).
-  every_limit: ask every example at every one of `length_limits` instead (>= 2 of them; ids
-  become `<id>@<N>`): the report's test of whether the asked length steers the answer.
-  categories: restrict marker metrics to these. judge: run the judge and reward model here.
-  decode: this task's overrides of the `decode` section, e.g. {"frequency_penalty": 0.5} for
-  prose while code keeps the plain loop (`task_decode`; keys are `DecodeConfig` fields).
-  """
-  kind: str
-  data: str
-  settings: tuple[str, ...] = ("inferred",)
-  limit: int = 0
-  max_new_tokens: int = 0
-  length_limits: tuple[int, ...] = ()
-  every_limit: bool = False
-  nl_template: str = "Answer in at most {n} words."
-  categories: tuple[str, ...] = ()
-  judge: bool = False
-  decode: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class SweepConfig:
-  """The eval config file's top level; `tasks` maps a task name to a `TaskConfig` section.
-
-  checkpoints: "name=path" (or a path: its base name); baselines: names trained without
-  markers; data_dir: base of relative task data, train_files and taxonomy paths;
-  train_files: training JSONL for head/tail slices (() = the checkpoint's own training files);
-  taxonomy: file to check settings against at start-up ("" = default; each checkpoint's own
-  taxonomy is used to run); sharded: place the model on `mesh` (needed with several
-  processes; `distributed` joins them as in training); judge: `judge.JudgeConfig` fields
-  (url "" = no judge); reward: `annotate.quality.QualityConfig` fields (kind "none" = none).
-  """
-  checkpoints: tuple[str, ...]
-  tasks: dict[str, Any]
-  baselines: tuple[str, ...] = ()
-  data_dir: str = ""
-  train_files: tuple[str, ...] = ()
-  long_tail_threshold: float = 0.05
-  taxonomy: str = ""
-  examples_per_cell: int = 3
-  nll_batch_size: int = 8
-  sharded: bool = False
-  mesh: sharding.MeshConfig = sharding.MeshConfig()
-  distributed: distributed_lib.DistributedConfig = distributed_lib.DistributedConfig()
-  decode: decoding.DecodeConfig = decoding.DecodeConfig()
-  judge: dict[str, Any] = dataclasses.field(default_factory=dict)
-  reward: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def resolve(config: ml_collections.ConfigDict | Mapping[str, Any]
-            ) -> tuple[SweepConfig, dict[str, TaskConfig], dict[str, str]]:
-  """(config, tasks by name, checkpoint paths by name); every error names its key."""
-  raw = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-  cfg = config_loader.to_dataclass(SweepConfig, raw, "")
-  under = lambda p: os.path.join(cfg.data_dir, p) if p else p  # noqa: E731
-  cfg = dataclasses.replace(cfg, taxonomy=under(cfg.taxonomy),
-                            train_files=tuple(map(under, cfg.train_files)))
-  tasks = {name: config_loader.to_dataclass(TaskConfig, section, f"tasks.{name}")
-           for name, section in cfg.tasks.items()}
-  tasks = {name: dataclasses.replace(t, data=under(t.data)) for name, t in tasks.items()}
-  if not tasks:
-    raise ValueError("tasks: no evaluation task")
-  ckpts = _checkpoints(cfg.checkpoints)
-  for name in cfg.baselines:
-    if name not in ckpts:
-      raise ValueError(f"baselines: {name!r} is not a checkpoint name ({', '.join(ckpts)})")
-  tax = taxonomy_lib.load(cfg.taxonomy) if cfg.taxonomy else taxonomy_lib.default_taxonomy()
-  for name, task in tasks.items():
-    if not _NAME.match(name):
-      raise ValueError(f"tasks.{name}: task names use letters, digits, _.- only")
-    cells.check_task(f"tasks.{name}", task, tax)
-    task_decode(cfg.decode, task, f"tasks.{name}.decode")
-  _judge_config(cfg)
-  _reward_scorer(cfg)
-  return cfg, tasks, ckpts
-
-
-def task_decode(decode: decoding.DecodeConfig, task: TaskConfig,
-                where: str = "decode") -> decoding.DecodeConfig:
-  """The sweep's decode section with the task's overrides; an unknown key or bad value is an
-  error naming `where`."""
-  if not task.decode:
-    return decode
-  section = dataclasses.asdict(decode)
-  unknown = sorted(set(task.decode) - set(section))
-  if unknown:
-    raise ValueError(f"{where}: unknown decode key {unknown[0]!r}; keys: {', '.join(section)}")
-  return config_loader.to_dataclass(decoding.DecodeConfig, {**section, **task.decode}, where)
-
-
-def _checkpoints(specs: Sequence[str]) -> dict[str, str]:
-  out: dict[str, str] = {}
-  for i, spec in enumerate(specs):
-    name, eq, path = spec.partition("=")
-    name, path = (name, path) if eq else (os.path.basename(os.path.normpath(spec)), spec)
-    where = f"checkpoints[{i}] ({spec!r})"
-    if not path or not _NAME.match(name) or name in out:
-      raise ValueError(f"{where}: need 'name=path' with a unique name of letters, digits, _.-")
-    out[name] = path
-  if not out:
-    raise ValueError("checkpoints: no checkpoint to evaluate")
-  return out
-
-
-def _judge_config(cfg: SweepConfig) -> judge_lib.JudgeConfig | None:
-  if not cfg.judge.get("url"):
-    return None
-  return judge_lib.JudgeConfig.from_dict(cfg.judge, where="judge")
-
-
-def _reward_scorer(cfg: SweepConfig) -> quality.Scorer | None:
-  qcfg = quality.QualityConfig.from_dict(cfg.reward, where="reward")
-  return None if qcfg.kind == "none" else quality.Scorer(qcfg)
-
 
 # ---------------------------------------------------------------- files and hosts
 
@@ -216,7 +94,7 @@ class _Cell:
   checkpoint: str
   path: str
   task_name: str
-  task: TaskConfig
+  task: sweep_config.TaskConfig
   setting: str
   directory: str
 
@@ -224,13 +102,13 @@ class _Cell:
   def name(self) -> str:
     return f"{self.checkpoint}/{self.task_name}/{self.setting}"
 
-  def spec(self, cfg: SweepConfig) -> str:
+  def spec(self, cfg: sweep_config.SweepConfig) -> str:
     """A hash of what the cell computes: the decoding it runs with (the task's overrides
     merged in), not how the config spells it."""
     task = _without_later_defaults(dataclasses.asdict(self.task), _TASK_ADDED_LATER)
     del task["decode"]
-    decode = _without_later_defaults(dataclasses.asdict(task_decode(cfg.decode, self.task)),
-                                     _DECODE_ADDED_LATER)
+    decode = sweep_config.task_decode(cfg.decode, self.task)
+    decode = _without_later_defaults(dataclasses.asdict(decode), _DECODE_ADDED_LATER)
     blob = json.dumps([self.path, task, self.setting,
                        decode, cfg.train_files, cfg.long_tail_threshold,
                        cfg.examples_per_cell, self.task.judge and (cfg.judge, cfg.reward)],
@@ -238,8 +116,8 @@ class _Cell:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def _plan(cfg: SweepConfig, tasks: Mapping[str, TaskConfig], ckpts: Mapping[str, str],
-          workdir: str) -> list[_Cell]:
+def _plan(cfg: sweep_config.SweepConfig, tasks: Mapping[str, sweep_config.TaskConfig],
+          ckpts: Mapping[str, str], workdir: str) -> list[_Cell]:
   """Every cell, baselines first; a baseline checkpoint runs only none / nl_instruction."""
   order = [n for n in ckpts if n in cfg.baselines] + [n for n in ckpts if n not in cfg.baselines]
   out = []
@@ -256,7 +134,7 @@ def _plan(cfg: SweepConfig, tasks: Mapping[str, TaskConfig], ckpts: Mapping[str,
   return out
 
 
-def _finished(cell: _Cell, cfg: SweepConfig) -> dict[str, Any] | None:
+def _finished(cell: _Cell, cfg: sweep_config.SweepConfig) -> dict[str, Any] | None:
   """The saved report cell when it is complete and was made by the same spec."""
   path = os.path.join(cell.directory, "metrics.json")
   if not os.path.isfile(path):
@@ -275,7 +153,7 @@ def _finished(cell: _Cell, cfg: SweepConfig) -> dict[str, Any] | None:
 @dataclasses.dataclass
 class _Context:
   """What the cells of one checkpoint share (loaded once, only if some cell is pending)."""
-  cfg: SweepConfig
+  cfg: sweep_config.SweepConfig
   loaded: checkpoint.Loaded
   generate: cells.GenerateFn
   likelihood_inputs: tuple[Any, Any]  # (chat template, vocabulary)
@@ -285,7 +163,8 @@ class _Context:
   workdir: str
 
 
-def _load(cfg: SweepConfig, name: str, path: str, workdir: str, constrain: bool) -> _Context:
+def _load(cfg: sweep_config.SweepConfig, name: str, path: str, workdir: str,
+          constrain: bool) -> _Context:
   mesh = sharding.make_mesh(cfg.mesh) if cfg.sharded else None
   # A training workdir also holds a config.json, which load_for_inference would take for a
   # Hugging Face directory's; its checkpoints/ folder is unambiguous.
@@ -303,7 +182,7 @@ def _load(cfg: SweepConfig, name: str, path: str, workdir: str, constrain: bool)
     rows = (obj for f in train_files for _, obj in stats.read_jsonl(f))
     freq = stats.frequency_table(rows, loaded.taxonomy, threshold=cfg.long_tail_threshold)
   return _Context(cfg, loaded, runner.generate, (runner.template, runner.vocabulary), freq,
-                  _judge_config(cfg), _reward_scorer(cfg), workdir)
+                  sweep_config.judge_config(cfg), sweep_config.reward_scorer(cfg), workdir)
 
 
 def _baseline_responses(ctx: _Context, cell: _Cell) -> dict[str, str]:
@@ -333,7 +212,7 @@ def _compute(ctx: _Context, cell: _Cell) -> tuple[list[dict[str, Any]], dict[str
   else:
     targets = ([None] * len(examples) if task.kind != "length" else
                cells.length_targets(examples, task.length_limits))
-  decode = task_decode(ctx.cfg.decode, task)
+  decode = sweep_config.task_decode(ctx.cfg.decode, task)
   records, requests = cells.requests(
       examples, setting, task_kind=task.kind, targets=targets, tax=tax,
       baseline=cell.checkpoint in ctx.cfg.baselines, nl_template=task.nl_template,
@@ -369,7 +248,8 @@ def _run_cell(ctx: _Context, cell: _Cell) -> dict[str, Any]:
   return report_cell
 
 
-def _with_per_example(saved: dict[str, Any], cell: _Cell, cfg: SweepConfig) -> dict[str, Any]:
+def _with_per_example(saved: dict[str, Any], cell: _Cell,
+                      cfg: sweep_config.SweepConfig) -> dict[str, Any]:
   """A cell finished by an older sweep, with the per-example values the report's intervals
   need (`metrics.per_example`) computed from its records.jsonl; others unchanged."""
   path = os.path.join(cell.directory, "records.jsonl")
@@ -389,7 +269,7 @@ def _with_per_example(saved: dict[str, Any], cell: _Cell, cfg: SweepConfig) -> d
 
 def run(config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str) -> str:
   """Runs (or resumes) the sweep into `workdir`; returns the report's path (report.md)."""
-  cfg, tasks, ckpts = resolve(config)
+  cfg, tasks, ckpts = sweep_config.resolve(config)
   logging.info("%s", distributed_lib.initialize(cfg.distributed))
   if jax.process_count() > 1 and not cfg.sharded:
     raise ValueError("sharded=false: a multi-process eval must place the model on the mesh "
