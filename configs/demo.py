@@ -47,6 +47,9 @@ Hardware: CPU, 2 cores, float32, no accelerator.
          (training 1,307 + 1,298 s, evaluation 2,289 s, data 40 s). Seed 1 alone
          (`seeds=(1,)`, 2026-12-06, nothing else running, decode batch 16): 65 min 26 s,
          13.3 GiB (training 1,071 + 1,067 s, evaluation 1,740 s, data 41 s).
+         Again from a clean clone of 6f1697c, 2026-12-07, a niced test run sharing the cores
+         for ~55 of its minutes: 91 min 23 s, 13.3 GiB peak RSS, examples and tokens
+         equal to 12-03's to the digit (its report was lost with the machine, unread).
 Produces: in the workdir, data/ (the demo set, its marker statistics, the eval subsets),
   train/<run>/ (checkpoints, metrics.jsonl), eval/ (sweep cells, eval/report/report.md),
   stages/ (one file per finished stage) and report.md: the summary table next to the paper's
